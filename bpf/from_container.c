@@ -1,0 +1,142 @@
+/*
+ * tc ingress on the host end of a pod's veth: every frame a pod sends.
+ * SPEC §5 "From a pod": anti-spoofing, ARP answered locally, pod-to-pod
+ * switching on the host, VNet traffic out of the NIC to the fabric gateway,
+ * and the host's own addresses to the host stack.
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/verdict.h"
+#include "lib/eth.h"
+#include "lib/ipv4.h"
+#include "lib/arp.h"
+#include "lib/pull.h"
+
+/* The endpoint behind this veth if (saddr, smac) are its own, else a drop verdict. */
+static __always_inline struct vnd_endpoint *
+source_endpoint(__u32 ifindex, __be32 saddr, const __u8 *smac, struct vnd_verdict *v)
+{
+	struct vnd_endpoint *ep = vnd_endpoints.lookup(&saddr);
+
+	if (!ep || ep->ifindex != ifindex) {
+		verdict_drop(v, VND_DROP_SPOOF_IP);
+		return NULL;
+	}
+	if (!mac_equal(ep->pod_mac, smac)) {
+		verdict_drop(v, VND_DROP_SPOOF_MAC);
+		return NULL;
+	}
+	return ep;
+}
+
+static __always_inline void handle_arp(struct __sk_buff *skb, struct ethhdr *eth,
+				       void *data_end, struct vnd_verdict *v)
+{
+	struct vnd_arp *arp = arp_header(eth, data_end);
+	struct vnd_endpoint *ep;
+
+	if (!arp) {
+		verdict_drop(v, VND_DROP_MALFORMED);
+		return;
+	}
+	ep = source_endpoint(skb->ifindex, arp->sip, eth->h_source, v);
+	if (!ep)
+		return;
+	if (!mac_equal(arp->sha, eth->h_source)) {
+		verdict_drop(v, VND_DROP_SPOOF_MAC);
+		return;
+	}
+	if (arp->hdr.ar_op != bpf_htons(ARPOP_REQUEST) || arp->tip == arp->sip) {
+		/* Replies to the host's own requests, and announcements. */
+		verdict_set(v, VND_HOW_PASS, 0, VND_FWD_HOST);
+		return;
+	}
+	arp_make_reply(eth, arp, ep->host_mac);
+	verdict_set(v, VND_HOW_EGRESS, skb->ifindex, VND_FWD_ARP_REPLY);
+}
+
+/* Out of the NIC to the fabric gateway, as the fabric demands. */
+static __always_inline void to_fabric(const struct vnd_node *node, struct ethhdr *eth,
+				      struct iphdr *ip, struct vnd_verdict *v, __u8 reason)
+{
+	int err = ipv4_dec_ttl(ip);
+
+	if (err) {
+		verdict_drop(v, err);
+		return;
+	}
+	eth_rewrite(eth, node->nic_mac, node->gw_mac);
+	verdict_set(v, VND_HOW_EGRESS, node->nic_ifindex, reason);
+}
+
+static __always_inline void to_local_pod(const struct vnd_endpoint *dst, struct ethhdr *eth,
+					 struct iphdr *ip, struct vnd_verdict *v)
+{
+	int err = ipv4_dec_ttl(ip);
+
+	if (err) {
+		verdict_drop(v, err);
+		return;
+	}
+	eth_rewrite(eth, dst->host_mac, dst->pod_mac);
+	verdict_set(v, VND_HOW_PEER, dst->ifindex, VND_FWD_LOCAL);
+}
+
+static __always_inline void handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth,
+					void *data_end, struct vnd_verdict *v)
+{
+	struct iphdr *ip = ipv4_header(eth, data_end);
+	struct vnd_endpoint *dst;
+	struct vnd_node *node;
+	__u8 dest;
+
+	if (!ip) {
+		verdict_drop(v, VND_DROP_MALFORMED);
+		return;
+	}
+	if (!source_endpoint(skb->ifindex, ip->saddr, eth->h_source, v))
+		return;
+	node = node_config();
+	if (!node) {
+		verdict_drop(v, VND_DROP_NO_NODE_CONFIG);
+		return;
+	}
+	dest = dest_class(ip->daddr);
+	if (dest == VND_DEST_HOST) {
+		verdict_set(v, VND_HOW_PASS, 0, VND_FWD_HOST);
+		return;
+	}
+	dst = vnd_endpoints.lookup(&ip->daddr);
+	if (dst && (node->flags & VND_NODE_LOCAL_SWITCHING)) {
+		to_local_pod(dst, eth, ip, v);
+		return;
+	}
+	if (dst || dest == VND_DEST_VNET) {
+		to_fabric(node, eth, ip, v, VND_FWD_VNET);
+		return;
+	}
+	/* Beyond the VNet. SPEC §5 step 5 (SNAT) plugs in here; until it does,
+	 * the packet leaves untranslated and the fabric decides. */
+	to_fabric(node, eth, ip, v, VND_FWD_UNTRANSLATED);
+}
+
+int from_container(struct __sk_buff *skb)
+{
+	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_FROM_POD };
+	void *data, *data_end;
+	struct ethhdr *eth;
+
+	tc_pull_headers(skb);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		verdict_drop(&v, VND_DROP_MALFORMED);
+	else if (eth->h_proto == bpf_htons(ETH_P_IP))
+		handle_ipv4(skb, eth, data_end, &v);
+	else if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		handle_arp(skb, eth, data_end, &v);
+	else
+		verdict_drop(&v, VND_DROP_UNSUPPORTED_L3);
+	return tc_finish(skb, &v);
+}

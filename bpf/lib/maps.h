@@ -1,0 +1,105 @@
+/*
+ * Every map of the datapath, declared once and pinned under VND_MAPS_DIR so
+ * that the programs, the control plane and later program versions share them.
+ * The Python mirror of these structs is vnetdp/datapath/maps.py.
+ */
+#ifndef VND_MAPS_H
+#define VND_MAPS_H
+
+#include "common.h"
+
+#ifndef VND_MAX_ENDPOINTS
+#define VND_MAX_ENDPOINTS 1024
+#endif
+#ifndef VND_MAX_CIDRS
+#define VND_MAX_CIDRS 256
+#endif
+#ifndef VND_MAX_METRICS
+#define VND_MAX_METRICS 16384
+#endif
+
+/* A pod on this node, keyed by its IPv4 address (network order). */
+struct vnd_endpoint {
+	__u32 ifindex;          /* host end of the pod's veth */
+	__u8 pod_mac[6];
+	__u8 host_mac[6];
+	__u32 flags;            /* reserved, 0 */
+};
+
+#define VND_NODE_LOCAL_SWITCHING 1
+
+/* Node settings: one entry, key 0. */
+struct vnd_node {
+	__u32 nic_ifindex;
+	__u8 nic_mac[6];
+	__u8 gw_mac[6];
+	__be32 primary_ip;
+	__u16 snat_port_min;    /* host order */
+	__u16 snat_port_max;
+	__u32 flags;            /* VND_NODE_* */
+};
+
+/* What a destination prefix in vnd_vnet_cidrs means. */
+enum vnd_dest {
+	VND_DEST_OUTSIDE = 0,   /* not in the map: beyond the VNet */
+	VND_DEST_VNET = 1,      /* on the VNet: through the NIC to the gateway */
+	VND_DEST_HOST = 2,      /* the node itself: to the host stack */
+};
+
+struct vnd_cidr_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct vnd_metrics_key {
+	__u32 ifindex;          /* endpoint's host end, or the NIC */
+	__u8 dir;               /* enum vnd_dir */
+	__u8 reason;            /* enum vnd_reason */
+	__u16 pad;
+};
+
+struct vnd_metrics_val {
+	__u64 packets;
+	__u64 bytes;
+};
+
+BPF_TABLE_PINNED("hash", __be32, struct vnd_endpoint, vnd_endpoints,
+		 VND_MAX_ENDPOINTS, VND_MAPS_DIR "/endpoints");
+BPF_TABLE_PINNED("array", __u32, struct vnd_node, vnd_node, 1,
+		 VND_MAPS_DIR "/node");
+BPF_TABLE_PINNED("lpm_trie", struct vnd_cidr_key, __u8, vnd_vnet_cidrs,
+		 VND_MAX_CIDRS, VND_MAPS_DIR "/vnet_cidrs", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("percpu_hash", struct vnd_metrics_key, struct vnd_metrics_val,
+		 vnd_metrics, VND_MAX_METRICS, VND_MAPS_DIR "/metrics");
+
+#ifdef VND_TEST_TRACE
+/* Test builds only: the last redirect a program asked for. */
+struct vnd_redirect_trace {
+	__u32 ifindex;
+	__u32 how;              /* enum vnd_how */
+};
+BPF_TABLE_PINNED("array", __u32, struct vnd_redirect_trace, vnd_trace, 1,
+		 VND_MAPS_DIR "/trace");
+#endif
+
+static __always_inline struct vnd_node *node_config(void)
+{
+	__u32 zero = 0;
+	struct vnd_node *node = vnd_node.lookup(&zero);
+
+	/* An all-zero entry means the control plane has not configured the node. */
+	if (node && node->nic_ifindex)
+		return node;
+	return NULL;
+}
+
+/* The enum vnd_dest class of the longest prefix holding addr. */
+static __always_inline __u8 dest_class(__be32 addr)
+{
+	struct vnd_cidr_key key = { .prefixlen = 32, .addr = addr };
+	__u8 *dest = vnd_vnet_cidrs.lookup(&key);
+
+	return dest ? *dest : VND_DEST_OUTSIDE;
+}
+
+#endif

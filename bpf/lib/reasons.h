@@ -1,0 +1,35 @@
+/*
+ * Why a packet went where it went. Every verdict is counted in vnd_metrics
+ * under one of these codes. vnetdp/datapath/reasons.py parses this file, so
+ * keep the one-line form: NAME = number, then a comment describing it.
+ * Codes below VND_DROP_MIN forward the packet; codes from it up drop it.
+ */
+#ifndef VND_REASONS_H
+#define VND_REASONS_H
+
+enum vnd_reason {
+	VND_FWD_LOCAL = 1,          /* pod to a pod on the same host */
+	VND_FWD_VNET = 2,           /* pod to the virtual network through the NIC */
+	VND_FWD_HOST = 3,           /* pod to the host's own stack */
+	VND_FWD_ARP_REPLY = 4,      /* ARP request from a pod answered on the host */
+	VND_FWD_TO_POD = 5,         /* from the NIC into a pod */
+	VND_PASS_NIC = 6,           /* from the NIC, not for a pod: host stack */
+	VND_FWD_UNTRANSLATED = 7,   /* pod to outside the VNet, SNAT disabled */
+	VND_DROP_SPOOF_IP = 64,     /* source IPv4 is not the endpoint's */
+	VND_DROP_SPOOF_MAC = 65,    /* source MAC is not the endpoint's */
+	VND_DROP_MALFORMED = 66,    /* truncated or invalid header */
+	VND_DROP_UNSUPPORTED_L3 = 67, /* neither IPv4 nor ARP from a pod */
+	VND_DROP_TTL_EXCEEDED = 68, /* TTL would reach zero when forwarded */
+	VND_DROP_NO_NODE_CONFIG = 69, /* node settings not written yet */
+};
+
+#define VND_DROP_MIN 64
+
+/* Direction of a metrics entry, seen from the pod. */
+enum vnd_dir {
+	VND_DIR_FROM_POD = 0,
+	VND_DIR_TO_POD = 1,
+	VND_DIR_NIC = 2,
+};
+
+#endif

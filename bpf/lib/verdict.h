@@ -1,0 +1,93 @@
+/*
+ * Where a handler sends a packet, and the one place that turns that into a
+ * counter update and a tc or XDP action. Handlers fill a struct vnd_verdict
+ * and return; only program entry points call tc_finish()/xdp_finish().
+ */
+#ifndef VND_VERDICT_H
+#define VND_VERDICT_H
+
+#include "maps.h"
+#include "reasons.h"
+
+enum vnd_how {
+	VND_HOW_DROP = 0,
+	VND_HOW_PASS = 1,       /* to the host stack */
+	VND_HOW_EGRESS = 2,     /* bpf_redirect(): out of ifindex */
+	VND_HOW_PEER = 3,       /* bpf_redirect_peer(): into ifindex's peer */
+};
+
+struct vnd_verdict {
+	__u32 ifindex;          /* redirect target */
+	__u32 metric_ifindex;   /* whose counters move */
+	__u8 how;               /* enum vnd_how */
+	__u8 reason;            /* enum vnd_reason */
+	__u8 dir;               /* enum vnd_dir */
+};
+
+static __always_inline void verdict_set(struct vnd_verdict *v, __u8 how,
+					 __u32 ifindex, __u8 reason)
+{
+	v->how = how;
+	v->ifindex = ifindex;
+	v->reason = reason;
+}
+
+static __always_inline void verdict_drop(struct vnd_verdict *v, __u8 reason)
+{
+	verdict_set(v, VND_HOW_DROP, 0, reason);
+}
+
+static __always_inline void metrics_count(const struct vnd_verdict *v, __u32 bytes)
+{
+	struct vnd_metrics_key key = {
+		.ifindex = v->metric_ifindex,
+		.dir = v->dir,
+		.reason = v->reason,
+	};
+	struct vnd_metrics_val zero = {};
+	struct vnd_metrics_val *val = vnd_metrics.lookup_or_try_init(&key, &zero);
+
+	if (val) {
+		val->packets += 1;
+		val->bytes += bytes;
+	}
+}
+
+static __always_inline void trace_redirect(const struct vnd_verdict *v)
+{
+#ifdef VND_TEST_TRACE
+	__u32 zero = 0;
+	struct vnd_redirect_trace t = { .ifindex = v->ifindex, .how = v->how };
+
+	vnd_trace.update(&zero, &t);
+#endif
+}
+
+static __always_inline int tc_finish(struct __sk_buff *skb, const struct vnd_verdict *v)
+{
+	metrics_count(v, skb->len);
+	trace_redirect(v);
+	/* An if chain, not a switch: clang turns a switch over helper calls
+	 * into a table of helper pointers and an indirect call BPF cannot make. */
+	if (v->how == VND_HOW_PASS)
+		return TC_ACT_OK;
+	if (v->how == VND_HOW_EGRESS)
+		return bpf_redirect(v->ifindex, 0);
+	if (v->how == VND_HOW_PEER)
+		return bpf_redirect_peer(v->ifindex, 0);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int xdp_finish(struct xdp_md *ctx, const struct vnd_verdict *v)
+{
+	metrics_count(v, (__u32)(ctx->data_end - ctx->data));
+	trace_redirect(v);
+	if (v->how == VND_HOW_PASS)
+		return XDP_PASS;
+	/* XDP has no peer redirect: transmitting on a veth delivers to its peer. */
+	if (v->how == VND_HOW_EGRESS || v->how == VND_HOW_PEER)
+		return bpf_redirect(v->ifindex, 0);
+	return XDP_DROP;
+}
+
+#endif

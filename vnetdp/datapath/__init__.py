@@ -1,0 +1,1 @@
+"""The eBPF datapath: compiling and pinning programs, maps, attachments, node setup."""

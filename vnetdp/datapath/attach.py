@@ -1,0 +1,146 @@
+"""Attaching pinned programs to devices, idempotently.
+
+Hooks: ``tc`` (ingress) and ``xdp``. ``tc`` uses tcx where the kernel has it
+(a BPF link, pinned because the CNI process exits at once: SPEC §9) and else a
+clsact qdisc with a direct-action filter, which outlives its creator by
+itself. ``xdp`` is always a pinned BPF link. Everything works on the calling
+thread's network namespace: enter the right one first (``vnetdp.netns``).
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vnetdp.datapath import syscall
+from vnetdp.datapath.bpffs import remove_pin
+
+CLSACT_INGRESS = "ffff:fff2"
+FILTER_PRIO = 1
+FILTER_NAME = "vnetdp"
+MODES = ("auto", "tcx", "clsact")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """What is attached at one hook of one device."""
+
+    ifindex: int
+    hook: str          # "tc" or "xdp"
+    mechanism: str     # "tcx", "clsact" or "xdp-link"
+    prog_id: int
+
+
+def _link_attachment(pin: str) -> Attachment | None:
+    try:
+        fd = syscall.obj_get(pin)
+    except syscall.BpfError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    try:
+        info = syscall.obj_info(fd, syscall.LinkInfo())
+    finally:
+        os.close(fd)
+    if info.ifindex == 0:  # device gone: the link is defunct
+        return None
+    hook = "xdp" if info.type == syscall.LINK_TYPE_XDP else "tc"
+    return Attachment(info.ifindex, hook, "xdp-link" if hook == "xdp" else "tcx", info.prog_id)
+
+
+def _clsact_attachment(ifindex: int) -> Attachment | None:
+    with IPRoute() as ipr:
+        try:
+            filters = ipr.get_filters(index=ifindex, parent=CLSACT_INGRESS)
+        except NetlinkError as e:
+            if e.code in (errno.EINVAL, errno.ENODEV, errno.ENOENT):
+                return None
+            raise
+    for f in filters:
+        opts = f.get_attr("TCA_OPTIONS")
+        if opts is not None and opts.get_attr("TCA_BPF_NAME", "").startswith(FILTER_NAME):
+            return Attachment(ifindex, "tc", "clsact", opts.get_attr("TCA_BPF_ID"))
+    return None
+
+
+def attached(ifindex: int, hook: str, pin: str) -> Attachment | None:
+    """What vnetdp has attached at (ifindex, hook), whichever mechanism it used."""
+    link = _link_attachment(pin)
+    if link is not None and link.ifindex == ifindex:
+        return link
+    return _clsact_attachment(ifindex) if hook == "tc" else None
+
+
+def _attach_link(prog_fd: int, ifindex: int, attach_type: int, pin: str) -> None:
+    fd = syscall.link_create(prog_fd, ifindex, attach_type)
+    try:
+        tmp = pin + "~new"
+        remove_pin(tmp)
+        syscall.obj_pin(fd, tmp)
+        os.rename(tmp, pin)
+    finally:
+        os.close(fd)
+
+
+def _attach_clsact(prog_fd: int, ifindex: int) -> None:
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("add", "clsact", index=ifindex)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        ipr.tc("replace-filter", "bpf", index=ifindex, handle=1, prio=FILTER_PRIO,
+               parent=CLSACT_INGRESS, fd=prog_fd, name=FILTER_NAME, direct_action=True)
+
+
+def ensure(prog_fd: int, ifindex: int, hook: str, pin: str, mode: str = "auto") -> Attachment:
+    """Attach ``prog_fd`` at (ifindex, hook) unless that very program is there already."""
+    want = syscall.prog_id(prog_fd)
+    current = attached(ifindex, hook, pin)
+    if current is not None and current.prog_id == want:
+        return current
+    detach(ifindex, hook, pin)
+    if hook == "xdp":
+        _attach_link(prog_fd, ifindex, syscall.ATTACH_XDP, pin)
+    elif mode == "clsact":
+        _attach_clsact(prog_fd, ifindex)
+    else:
+        try:
+            _attach_link(prog_fd, ifindex, syscall.ATTACH_TCX_INGRESS, pin)
+        except syscall.BpfError as e:
+            if mode == "tcx" or e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            _attach_clsact(prog_fd, ifindex)
+    result = attached(ifindex, hook, pin)
+    if result is None:
+        raise RuntimeError(f"attaching to ifindex {ifindex} ({hook}) did not take")
+    return result
+
+
+def detach(ifindex: int | None, hook: str, pin: str) -> None:
+    """Remove vnetdp's program at (ifindex, hook); nothing there is fine."""
+    try:
+        fd = syscall.obj_get(pin)
+    except syscall.BpfError as e:
+        if e.errno != errno.ENOENT:
+            raise
+    else:
+        try:
+            syscall.link_detach(fd)
+        except syscall.BpfError as e:
+            if e.errno not in (errno.ENOLINK, errno.EINVAL):
+                raise
+        finally:
+            os.close(fd)
+        remove_pin(pin)
+    if hook == "tc" and ifindex is not None:
+        with IPRoute() as ipr:
+            try:
+                ipr.tc("del-filter", "bpf", index=ifindex, handle=1, prio=FILTER_PRIO,
+                       parent=CLSACT_INGRESS)
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                    raise
