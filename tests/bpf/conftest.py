@@ -90,3 +90,11 @@ def metric(maps: M.Maps, ifindex: int, reason: str) -> int:
     from vnetdp.datapath.reasons import by_name
     code = by_name(reason).code
     return sum(m.packets for m in maps.metrics() if m.ifindex == ifindex and m.reason == code)
+
+
+def ip_checksum_ok(frame: Ether) -> bool:
+    """True when the frame's IPv4 header checksum is what scapy computes afresh."""
+    from scapy.layers.inet import IP
+    ip = frame[IP]
+    fresh = IP(bytes(ip.copy().__class__(**{**ip.fields, "chksum": None}))[:ip.ihl * 4])
+    return ip.chksum == fresh.chksum

@@ -173,8 +173,17 @@ class ProgInfo(ctypes.Structure):
                 ("tag", ctypes.c_uint8 * 8), ("rest", ctypes.c_uint8 * 200)]
 
 
+class MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("rest", ctypes.c_uint8 * 80)]
+
+
 def obj_info(fd: int, info: ctypes.Structure) -> ctypes.Structure:
-    """Fill ``info`` (LinkInfo or ProgInfo) for the object behind ``fd``."""
+    """Fill ``info`` (LinkInfo, ProgInfo or MapInfo) for the object behind ``fd``."""
     _call(OBJ_GET_INFO_BY_FD, _InfoByFd(fd, ctypes.sizeof(info), _addr(info)), "object info")
     return info
 
