@@ -1,0 +1,121 @@
+"""One node's datapath: programs loaded, node settings written, NIC attached.
+
+``NodeDatapath.ensure()`` is what every endpoint operation calls first; it is
+cheap when all is in place (pins reused, settings rewritten, attachment found)
+and it is the only place that compiles (through the loader) or attaches to
+the NIC.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+
+from vnetdp import links
+from vnetdp.datapath import attach
+from vnetdp.datapath import maps as M
+from vnetdp.datapath.bpffs import Bpffs
+from vnetdp.datapath.loader import Datapath, LoadResult
+
+FABRIC_GATEWAY_MAC = "12:34:56:78:9a:bc"
+
+
+class NodeSetupError(Exception):
+    """The node cannot carry endpoints (no NIC, no address, ...)."""
+
+
+@dataclass
+class NodeSettings:
+    """What the operator configures for a node (CNI config maps onto this)."""
+
+    bpffs_dir: str
+    state_dir: str
+    master: str | None = None            # NIC name; default: the default route's
+    gateway_mac: str = FABRIC_GATEWAY_MAC
+    vnet_cidrs: list[str] | None = None  # default: the NIC's subnets
+    host_destinations: list[str] = field(default_factory=list)  # to the host stack
+    local_switching: bool = True
+    nic_attach: str = "tc"               # "tc" or "xdp"
+    attach_mode: str = "auto"            # tc mechanism: "auto", "tcx" or "clsact"
+    cflags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeState:
+    nic: links.Link
+    primary_ip: ipaddress.IPv4Address
+    vnet_cidrs: list[ipaddress.IPv4Network]
+    load: LoadResult
+
+
+class NodeDatapath:
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.bpffs = Bpffs(settings.bpffs_dir)
+        self.datapath = Datapath(self.bpffs, settings.state_dir, settings.cflags)
+
+    def maps(self) -> M.Maps:
+        return M.Maps(self.bpffs.maps_dir)
+
+    def nic(self, ipr: IPRoute) -> links.Link:
+        if self.settings.master:
+            try:
+                return links.get_link(ipr, self.settings.master)
+            except links.LinkNotFound as e:
+                raise NodeSetupError(f"master interface {self.settings.master!r} not found") from e
+        oif = links.default_route_oif(ipr)
+        if oif is None:
+            raise NodeSetupError("no default route to pick the NIC from; set 'master'")
+        return links.link_by_index(ipr, oif)
+
+    def ensure(self) -> NodeState:
+        """Load (or reuse) programs, write node settings, attach the NIC program."""
+        load = self.datapath.ensure_loaded()
+        s = self.settings
+        with IPRoute() as ipr:
+            nic = self.nic(ipr)
+            addrs = links.ipv4_interfaces(ipr, nic.index)
+        if not addrs:
+            raise NodeSetupError(f"NIC {nic.name} has no IPv4 address")
+        primary = addrs[0].ip
+        cidrs = [ipaddress.IPv4Network(c) for c in s.vnet_cidrs] if s.vnet_cidrs \
+            else sorted({a.network for a in addrs})
+        with self.maps() as m:
+            m.put_node(M.Node(nic.index, nic.mac, s.gateway_mac, primary,
+                              flags=M.NODE_LOCAL_SWITCHING if s.local_switching else 0))
+            wanted = {net: M.Dest.VNET for net in cidrs}
+            wanted.update({ipaddress.IPv4Network(f"{a.ip}/32"): M.Dest.HOST for a in addrs})
+            wanted.update({ipaddress.IPv4Network(h): M.Dest.HOST for h in s.host_destinations})
+            for net, dest in m.cidrs().items():
+                if wanted.get(net) != dest:
+                    m.delete_cidr(net)
+            for net, dest in wanted.items():
+                m.put_cidr(net, dest)
+        self._attach_nic(nic)
+        return NodeState(nic, primary, cidrs, load)
+
+    def _attach_nic(self, nic: links.Link) -> None:
+        hook = self.settings.nic_attach
+        other = "tc" if hook == "xdp" else "xdp"
+        attach.detach(nic.index, other, self.bpffs.link_pin(nic.name, other))
+        prog = "from_nic_xdp" if hook == "xdp" else "from_nic"
+        fd = self.datapath.prog_fd(prog)
+        try:
+            attach.ensure(fd, nic.index, hook, self.bpffs.link_pin(nic.name, hook),
+                          self.settings.attach_mode)
+        finally:
+            os.close(fd)
+
+    def teardown(self) -> None:
+        """Detach from the NIC and unpin everything of this node."""
+        with IPRoute() as ipr:
+            try:
+                nic = self.nic(ipr)
+            except NodeSetupError:
+                nic = None
+        for hook in ("tc", "xdp"):
+            if nic is not None:
+                attach.detach(nic.index, hook, self.bpffs.link_pin(nic.name, hook))
+        self.bpffs.remove_all()

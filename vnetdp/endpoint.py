@@ -1,0 +1,161 @@
+"""The plumbing of one pod endpoint, shared by the CNI plugin and the lab.
+
+Host side: a veth end named ``vnd`` + 11 hex digits of a hash of (container
+ID, ifname), up, with a /32 route and permanent neighbour for the pod address
+and ``from_container`` attached at tc ingress. Pod side: the address as /32,
+``169.254.1.1`` as an on-link gateway with a permanent neighbour entry for the
+host end's MAC, a default route through it. The datapath's endpoint map gets
+the pod's address, MACs and host ifindex.
+
+``add`` is a transaction: any failure undoes what it did. ``delete`` succeeds
+when any part is already gone. Both must run in the node's namespace.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+from vnetdp import links, netns
+from vnetdp.datapath import attach
+from vnetdp.datapath import maps as M
+from vnetdp.datapath import syscall
+from vnetdp.datapath.node import NodeDatapath
+
+POD_GATEWAY = ipaddress.IPv4Address("169.254.1.1")
+
+
+def host_ifname(container_id: str, ifname: str) -> str:
+    return "vnd" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    container_id: str
+    ifname: str
+    netns: str
+    address: ipaddress.IPv4Address
+    host_ifname: str
+    host_ifindex: int
+    host_mac: str
+    pod_mac: str
+    mtu: int
+
+
+def _setup_pod_side(ifname: str, address: ipaddress.IPv4Address, host_mac: str, mtu: int) -> str:
+    """Configure the pod end (inside the pod's namespace); returns its MAC."""
+    with IPRoute() as ipr:
+        lo = links.get_link(ipr, "lo")
+        ipr.link("set", index=lo.index, state="up")
+        pod = links.get_link(ipr, ifname)
+        ipr.link("set", index=pod.index, state="up", mtu=mtu)
+        ipr.addr("add", index=pod.index, address=str(address), prefixlen=32)
+        ipr.route("replace", dst=f"{POD_GATEWAY}/32", oif=pod.index, scope=links.SCOPE_LINK)
+        ipr.neigh("replace", dst=str(POD_GATEWAY), lladdr=host_mac, ifindex=pod.index,
+                  state=links.NUD_PERMANENT)
+        ipr.route("replace", dst="0.0.0.0/0", gateway=str(POD_GATEWAY), oif=pod.index)
+        return pod.mac
+
+
+def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
+        address: ipaddress.IPv4Address, mtu: int | None = None) -> EndpointInfo:
+    """Create the endpoint; on any failure nothing of it remains."""
+    state = node.ensure()
+    mtu = mtu or state.nic.mtu
+    name = host_ifname(container_id, ifname)
+    with contextlib.ExitStack() as undo, IPRoute() as ipr:
+        pod_ns = netns.open_ns(netns_path)
+        undo.callback(os.close, pod_ns)
+        links.delete_link(ipr, name)  # a leftover of an interrupted ADD for this very endpoint
+        host = links.create_veth(ipr, name, ifname, pod_ns, mtu)
+        undo.callback(links.delete_link, ipr, name)
+        with netns.enter(netns_path):
+            pod_mac = _setup_pod_side(ifname, address, host.mac, mtu)
+        links.route_host(ipr, address, host, pod_mac)
+        with node.maps() as m:
+            m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac))
+            undo.callback(_forget, node, address, host.index)
+        fd = node.datapath.prog_fd("from_container")
+        undo.callback(os.close, fd)
+        pin = node.bpffs.link_pin(name, "tc")
+        attach.ensure(fd, host.index, "tc", pin, node.settings.attach_mode)
+        undo.callback(attach.detach, host.index, "tc", pin)
+        info = EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
+                            host.mac, pod_mac, mtu)
+        # Success: keep everything, close only the fds.
+        undo.pop_all()
+        os.close(fd)
+        os.close(pod_ns)
+        return info
+
+
+def _forget(node: NodeDatapath, address: ipaddress.IPv4Address | None, ifindex: int | None) -> None:
+    """Remove the map entry for ``address`` if it still belongs to ``ifindex``."""
+    with node.maps() as m:
+        if address is not None:
+            ep = m.endpoint(address)
+            if ep is not None and (ifindex is None or ep.ifindex == ifindex):
+                m.delete_endpoint(address)
+        if ifindex is not None:
+            m.forget_metrics(ifindex)
+
+
+def delete(node: NodeDatapath, container_id: str, ifname: str,
+           address: ipaddress.IPv4Address | None = None) -> None:
+    """Remove the endpoint; whatever is already gone counts as removed."""
+    name = host_ifname(container_id, ifname)
+    with IPRoute() as ipr:
+        try:
+            ifindex: int | None = links.get_link(ipr, name).index
+        except links.LinkNotFound:
+            ifindex = None
+        attach.detach(ifindex, "tc", node.bpffs.link_pin(name, "tc"))
+        links.delete_link(ipr, name)
+    if os.path.isdir(node.bpffs.maps_dir):
+        if address is None and ifindex is not None:
+            with node.maps() as m:
+                address = next((ip for ip, ep in m.endpoints().items() if ep.ifindex == ifindex), None)
+        _forget(node, address, ifindex)
+
+
+def check(node: NodeDatapath, container_id: str, ifname: str, netns_path: str,
+          address: ipaddress.IPv4Address) -> list[str]:
+    """What is wrong with a live endpoint: empty when veth, addresses, routes,
+    map entry and attached program are all as ``add`` left them."""
+    problems: list[str] = []
+    name = host_ifname(container_id, ifname)
+    with IPRoute() as ipr:
+        try:
+            host = links.get_link(ipr, name)
+        except links.LinkNotFound:
+            return [f"host interface {name} is missing"]
+        routes = ipr.route("get", dst=str(address))
+        if not routes or routes[0].get_attr("RTA_OIF") != host.index:
+            problems.append(f"no route to {address} via {name}")
+    with node.maps() as m:
+        ep = m.endpoint(address)
+    if ep is None or ep.ifindex != host.index:
+        problems.append(f"datapath has no endpoint entry for {address} on {name}")
+    fd = node.datapath.prog_fd("from_container")
+    try:
+        current = attach.attached(host.index, "tc", node.bpffs.link_pin(name, "tc"))
+        if current is None or current.prog_id != syscall.prog_id(fd):
+            problems.append(f"from_container is not attached to {name}")
+    finally:
+        os.close(fd)
+    try:
+        with netns.enter(netns_path), IPRoute() as ipr:
+            pod = links.get_link(ipr, ifname)
+            if address not in [a.ip for a in links.ipv4_interfaces(ipr, pod.index)]:
+                problems.append(f"{ifname} in {netns_path} lacks {address}")
+            if ep is not None and ep.pod_mac != pod.mac:
+                problems.append(f"{ifname} MAC {pod.mac} differs from the datapath's {ep.pod_mac}")
+            if not ipr.get_default_routes(family=2):
+                problems.append(f"no default route in {netns_path}")
+    except (netns.NetnsNotFound, links.LinkNotFound) as e:
+        problems.append(str(e))
+    return problems

@@ -1,0 +1,87 @@
+"""The emulated cloud fabric: routing, ARP and the rules it enforces.
+
+Enforcement is nftables inside the fabric namespace, with named counters so
+tests and the demo can show what it dropped:
+``<link>_bad_mac`` (source MAC not the NIC's), ``<link>_bad_ip`` (source IP not
+one of the NIC's addresses), ``inet_not_primary`` (only VM primary IPs reach
+the internet).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from vnetdp.lab import plan as P
+from vnetdp.lab.shell import in_ns, ip_batch, run
+
+
+def _host_lines(link: str, mac: str, addrs: list[ipaddress.IPv4Address]) -> list[str]:
+    """Route each address to ``link`` and deliver it to the NIC's MAC."""
+    lines = []
+    for a in addrs:
+        lines.append(f"route replace {a}/32 dev {link} scope link")
+        lines.append(f"neigh replace {a} lladdr {mac} dev {link} nud permanent")
+    return lines
+
+
+def ruleset(members: dict[str, tuple[str, list[ipaddress.IPv4Address]]],
+            primaries: list[ipaddress.IPv4Address]) -> str:
+    """nft rules for links -> (NIC MAC, allowed source IPs)."""
+    out = ["table netdev vnd_fabric {"]
+    for link, (mac, addrs) in members.items():
+        elems = ", ".join(str(a) for a in addrs)
+        out += [f"  counter {link}_bad_mac {{}}", f"  counter {link}_bad_ip {{}}",
+                f"  set {link}_ips {{ type ipv4_addr; elements = {{ {elems} }} }}",
+                f"  chain {link}_in {{",
+                f'    type filter hook ingress device "{link}" priority 0; policy accept;',
+                f'    ether saddr != {mac} counter name "{link}_bad_mac" drop',
+                f'    ether type ip ip saddr != @{link}_ips counter name "{link}_bad_ip" drop',
+                f'    ether type arp arp saddr ip != @{link}_ips counter name "{link}_bad_ip" drop',
+                "  }"]
+    out.append("}")
+    elems = ", ".join(str(a) for a in primaries)
+    out += ["table ip vnd_fabric_fwd {", "  counter inet_not_primary {}",
+            f"  set primaries {{ type ipv4_addr; elements = {{ {elems} }} }}",
+            "  chain forward {", "    type filter hook forward priority 0; policy accept;",
+            '    oifname "inet" ip saddr != @primaries counter name "inet_not_primary" drop',
+            "  }", "}"]
+    return "\n".join(out) + "\n"
+
+
+def build(plan: P.Plan) -> None:
+    """Wire the fabric namespace to every VM, the peer and the internet."""
+    fab = plan.fabric
+    lines = ["link set lo up", f"addr add {P.GATEWAY}/32 dev lo"]
+    members: dict[str, tuple[str, list[ipaddress.IPv4Address]]] = {}
+    for vm in plan.all_vms:
+        members[vm.name] = (vm.mac, [vm.primary, *vm.secondaries(plan.pool)])
+    members["peer"] = (P.PEER_MAC, [P.PEER_IP])
+    for link, (mac, addrs) in members.items():
+        lines.append(f"link set {link} up")
+        lines += _host_lines(link, mac, addrs)
+    lines += ["link set inet up", f"addr add {P.INET_FABRIC_IP}/24 dev inet"]
+    sysctls = ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"]
+    for link in members:
+        sysctls += [f"net.ipv4.conf.{link}.proxy_arp=1", f"net.ipv4.conf.{link}.proxy_arp_pvlan=1",
+                    f"net.ipv4.conf.{link}.rp_filter=0"]
+    in_ns(fab, ["sysctl", "-q", "-w", *sysctls])
+    ip_batch(fab, lines)
+    primaries = [vm.primary for vm in plan.all_vms] + [P.PEER_IP]
+    in_ns(fab, ["nft", "-f", "-"], stdin=ruleset(members, primaries))
+
+
+def counters(plan: P.Plan) -> dict[str, int]:
+    """Packets each fabric rule dropped, by counter name."""
+    proc = in_ns(plan.fabric, ["nft", "-j", "list", "counters"])
+    out = {}
+    for item in json.loads(proc.stdout)["nftables"]:
+        c = item.get("counter")
+        if c:
+            out[c["name"]] = c["packets"]
+    return out
+
+
+def link_veth(ns_a: str, name_a: str, mac_a: str, ns_b: str, name_b: str, mac_b: str) -> None:
+    """A veth pair created directly inside two lab namespaces."""
+    run(["ip", "link", "add", name_a, "netns", ns_a, "address", mac_a, "type", "veth",
+         "peer", "name", name_b, "netns", ns_b, "address", mac_b])

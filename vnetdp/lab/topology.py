@@ -1,0 +1,184 @@
+"""Bringing a lab up and down, and adding pods to its VMs.
+
+``Lab.up`` records what it starts (server PIDs, bpffs mounts) in
+``<lab dir>/state.json`` before starting it, so ``Lab.down`` — in this process
+or a later one — removes every trace even after a failed ``up``: processes
+(by PID, only ours), bpffs mounts, every namespace with the lab's prefix.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from vnetdp import endpoint, netns
+from vnetdp.datapath import bpffs
+from vnetdp.datapath.node import NodeDatapath, NodeSettings
+from vnetdp.lab import fabric, nmagent
+from vnetdp.lab import plan as P
+from vnetdp.lab.shell import ip_batch, run
+
+SERVER_MODULE = "vnetdp.lab.nmagent"
+
+
+class LabError(Exception):
+    pass
+
+
+def lab_namespaces(prefix: str) -> list[str]:
+    try:
+        names = os.listdir(netns.NETNS_RUN_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+class Lab:
+    def __init__(self, plan: P.Plan, **node_options) -> None:
+        self.plan = plan
+        self.node_options = node_options  # extra NodeSettings for every VM
+        self.state_file = os.path.join(plan.dir, "state.json")
+
+    # --- state ---------------------------------------------------------
+    def _state(self) -> dict:
+        try:
+            with open(self.state_file) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {"pids": [], "mounts": []}
+
+    def _record(self, key: str, value) -> None:
+        state = self._state()
+        state[key].append(value)
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.state_file)
+
+    def is_up(self) -> bool:
+        return os.path.exists(self.state_file) or bool(lab_namespaces(self.plan.prefix))
+
+    # --- up ------------------------------------------------------------
+    def up(self) -> None:
+        if self.is_up():
+            raise LabError(f"lab {self.plan.lab_id or 'default'} is already up "
+                           f"(vnetdp lab down{' --id ' + self.plan.lab_id if self.plan.lab_id else ''})")
+        os.makedirs(self.plan.dir, exist_ok=True)
+        self._record_init()
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+
+    def _record_init(self) -> None:
+        with open(self.state_file, "w") as f:
+            json.dump({"pids": [], "mounts": []}, f)
+
+    def _build(self) -> None:
+        p = self.plan
+        for ns in [p.fabric, p.inet, p.peer, *(vm.ns for vm in p.all_vms)]:
+            run(["ip", "netns", "add", ns])
+        for vm in p.all_vms:
+            fabric.link_veth(vm.ns, "eth0", vm.mac, p.fabric, vm.name, P.GATEWAY_MAC)
+        fabric.link_veth(p.peer, "eth0", P.PEER_MAC, p.fabric, "peer", P.GATEWAY_MAC)
+        fabric.link_veth(p.inet, "eth0", "02:00:c6:12:00:01", p.fabric, "inet", P.GATEWAY_MAC)
+        fabric.build(p)
+        self._host(p.peer, P.PEER_IP, P.GATEWAY)
+        self._host(p.inet, ipaddress.IPv4Interface(f"{P.INET_IP}/24"), P.INET_FABRIC_IP)
+        for vm in p.all_vms:
+            self._host(vm.ns, vm.primary, P.GATEWAY)
+            for d in (p.state_dir(vm),):
+                os.makedirs(d, exist_ok=True)
+            self._record("mounts", p.bpffs_dir(vm))
+            bpffs.mount(p.bpffs_dir(vm))
+            self._start_nmagent(vm)
+
+    def _host(self, ns: str, addr, gateway: ipaddress.IPv4Address) -> None:
+        iface = addr if isinstance(addr, ipaddress.IPv4Interface) \
+            else ipaddress.IPv4Interface(f"{addr}/{P.VNET.prefixlen}")
+        ip_batch(ns, ["link set lo up", "link set eth0 up", f"addr add {iface} dev eth0",
+                      f"route add default via {gateway} dev eth0"])
+
+    def _start_nmagent(self, vm: P.Vm) -> None:
+        doc = os.path.join(self.plan.dir, vm.name, "interfaces.xml")
+        with open(doc, "w") as f:
+            f.write(nmagent.interface_document(vm.mac, P.VNET, vm.primary, vm.secondaries(self.plan.pool)))
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", vm.ns, sys.executable, "-m", SERVER_MODULE, doc, str(P.NMAGENT_PORT)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        self._record("pids", proc.pid)
+        with netns.enter(vm.ns):
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", P.NMAGENT_PORT), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise LabError(f"interface document server in {vm.ns} did not start")
+                    time.sleep(0.05)
+
+    # --- per VM --------------------------------------------------------
+    def node(self, vm: P.Vm, **overrides) -> NodeDatapath:
+        options = {**self.node_options, **overrides}
+        return NodeDatapath(NodeSettings(bpffs_dir=f"{self.plan.bpffs_dir(vm)}/vnetdp",
+                                         state_dir=self.plan.state_dir(vm), master="eth0", **options))
+
+    def add_pod(self, vm: P.Vm, j: int, address: ipaddress.IPv4Address | None = None
+                ) -> endpoint.EndpointInfo:
+        """A pod namespace with one endpoint, plumbed by the library (as ADD does)."""
+        ns = self.plan.pod_ns(vm, j)
+        run(["ip", "netns", "add", ns])
+        address = address or vm.secondaries(self.plan.pool)[j - 1]
+        with netns.enter(vm.ns):
+            return endpoint.add(self.node(vm), ns, netns.path_of(ns), "eth0", address)
+
+    # --- down ----------------------------------------------------------
+    def down(self) -> list[str]:
+        """Remove everything of this lab; returns what it removed."""
+        removed: list[str] = []
+        state = self._state()
+        for pid in state["pids"]:
+            if _stop_own_process(pid, SERVER_MODULE):
+                removed.append(f"process {pid}")
+        for ns in lab_namespaces(self.plan.prefix):
+            run(["ip", "netns", "del", ns], check=False)
+            removed.append(f"netns {ns}")
+        for mount in state["mounts"]:
+            bpffs.unmount(mount)
+        if os.path.isdir(self.plan.dir):
+            shutil.rmtree(self.plan.dir, ignore_errors=True)
+            removed.append(self.plan.dir)
+        try:
+            os.rmdir(P.LAB_ROOT)
+        except OSError:
+            pass
+        return removed
+
+
+def _stop_own_process(pid: int, marker: str) -> bool:
+    """SIGTERM ``pid`` only if it is still the process we started, then reap it."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if marker.encode() not in f.read():
+                return False
+    except FileNotFoundError:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.02)
+    return True

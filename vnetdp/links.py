@@ -1,0 +1,87 @@
+"""Netlink plumbing for endpoints (pyroute2): veths, addresses, routes, neighbours.
+
+Functions act on the calling thread's namespace through the ``IPRoute`` passed
+in; "already gone" is never an error for removals.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+NUD_PERMANENT = 0x80
+SCOPE_LINK = 253
+
+
+class LinkNotFound(Exception):
+    """No interface of that name in this namespace."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"interface {name!r} not found")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    index: int
+    mac: str
+    mtu: int
+
+
+def get_link(ipr: IPRoute, name: str) -> Link:
+    try:
+        msg = ipr.get_links(ifname=name)[0]
+    except (NetlinkError, IndexError) as e:
+        if isinstance(e, NetlinkError) and e.code not in (errno.ENODEV, errno.ENOENT):
+            raise
+        raise LinkNotFound(name) from None
+    return Link(name, msg["index"], msg.get_attr("IFLA_ADDRESS"), msg.get_attr("IFLA_MTU"))
+
+
+def link_by_index(ipr: IPRoute, index: int) -> Link:
+    msg = ipr.get_links(index)[0]
+    return Link(msg.get_attr("IFLA_IFNAME"), index, msg.get_attr("IFLA_ADDRESS"), msg.get_attr("IFLA_MTU"))
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Delete ``name`` (a veth takes its peer along); False when it was not there."""
+    try:
+        ipr.link("del", ifname=name)
+    except NetlinkError as e:
+        if e.code in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise
+    return True
+
+
+def create_veth(ipr: IPRoute, name: str, peer: str, peer_netns_fd: int, mtu: int) -> Link:
+    """A veth pair with ``peer`` created directly inside another namespace."""
+    ipr.link("add", ifname=name, kind="veth", mtu=mtu,
+             peer={"ifname": peer, "net_ns_fd": peer_netns_fd, "mtu": mtu})
+    link = get_link(ipr, name)
+    ipr.link("set", index=link.index, state="up")
+    return link
+
+
+def route_host(ipr: IPRoute, address: ipaddress.IPv4Address, link: Link, mac: str) -> None:
+    """/32 route and permanent neighbour for one address behind ``link``."""
+    ipr.route("replace", dst=f"{address}/32", oif=link.index, scope=SCOPE_LINK)
+    ipr.neigh("replace", dst=str(address), lladdr=mac, ifindex=link.index, state=NUD_PERMANENT)
+
+
+def default_route_oif(ipr: IPRoute) -> int | None:
+    for route in ipr.get_default_routes(family=2):
+        oif = route.get_attr("RTA_OIF")
+        if oif:
+            return oif
+    return None
+
+
+def ipv4_interfaces(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface]:
+    """The interface's IPv4 addresses with their prefixes, primary first."""
+    return [ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr(family=2, index=index)]
