@@ -1,0 +1,95 @@
+"""``vnetdp lab demo``: a lab, pods on two VMs, the connectivity matrix with
+what each path measured and which datapath counters it moved, then teardown."""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+from vnetdp import netns
+from vnetdp.datapath.reasons import describe
+from vnetdp.lab import fabric, probe
+from vnetdp.lab import plan as P
+from vnetdp.lab.shell import run
+from vnetdp.lab.topology import Lab
+
+
+@dataclass(frozen=True)
+class Path:
+    name: str
+    src_ns: str
+    dst_ns: str
+    dst: str
+    vm: P.Vm          # whose counters tell the story
+
+
+def counters(lab: Lab, vm: P.Vm) -> collections.Counter:
+    """Packets per reason name on one VM's datapath."""
+    with netns.enter(vm.ns), lab.node(vm).maps() as m:
+        total: collections.Counter = collections.Counter()
+        for metric in m.metrics():
+            total[describe(metric.reason).name] += metric.packets
+        return total
+
+
+def bridges(lab: Lab) -> list[str]:
+    """Every Linux bridge in any lab namespace (the datapath uses none)."""
+    from vnetdp.lab.topology import lab_namespaces
+    found = []
+    for ns in lab_namespaces(lab.plan.prefix):
+        out = run(["ip", "-n", ns, "-o", "link", "show", "type", "bridge"]).stdout.strip()
+        found += [f"{ns}:{line.split(':')[1].strip()}" for line in out.splitlines() if line]
+    return found
+
+
+def matrix_paths(lab: Lab) -> list[Path]:
+    p = lab.plan
+    vm1, vm2 = p.vm(1), p.vm(2)
+    pod = lambda vm, j: p.pod_ns(vm, j)  # noqa: E731
+    ip = lambda vm, j: str(vm.secondaries(p.pool)[j - 1])  # noqa: E731
+    return [
+        Path("pod-pod same VM", pod(vm1, 1), pod(vm1, 2), ip(vm1, 2), vm1),
+        Path("pod-pod across VMs", pod(vm1, 1), pod(vm2, 1), ip(vm2, 1), vm1),
+        Path("pod-peer VM", pod(vm1, 1), p.peer, str(P.PEER_IP), vm1),
+        Path("host-pod", vm1.ns, pod(vm1, 1), ip(vm1, 1), vm1),
+        Path("pod-internet", pod(vm1, 1), p.inet, str(P.INET_IP), vm1),
+    ]
+
+
+def run_demo(lab_id: str = "", pool: int = 30, out=print) -> bool:
+    """Run the demo; True when every path that should work did."""
+    lab = Lab(P.Plan(lab_id, vms=2, pool=pool))
+    lab.up()
+    try:
+        for vm, j in [(lab.plan.vm(1), 1), (lab.plan.vm(1), 2), (lab.plan.vm(2), 1)]:
+            lab.add_pod(vm, j)
+        out(f"lab up: 2 VMs with {pool} secondary addresses each, peer 10.3.0.100, internet {P.INET_IP}")
+        out(f"{'path':<20} {'from -> to':<40} {'ping ms':>8} {'TCP Gbit/s':>10}  datapath counters moved")
+        all_ok = True
+        for path in matrix_paths(lab):
+            before = counters(lab, path.vm)
+            fab_before = fabric.counters(lab.plan)
+            ping = probe.ping(path.src_ns, path.dst)
+            tcp = probe.tcp_transfer(path.src_ns, path.dst_ns, path.dst) if ping.ok else None
+            moved = counters(lab, path.vm) - before
+            fab_moved = {k: v - fab_before.get(k, 0) for k, v in fabric.counters(lab.plan).items()
+                         if v != fab_before.get(k, 0)}
+            works = ping.ok and tcp is not None and tcp.ok
+            if path.name == "pod-internet" and not works:
+                note = "needs SNAT" + (f" (fabric dropped: {fab_moved})" if fab_moved else "")
+            else:
+                all_ok &= works
+                note = ", ".join(f"{k}+{v}" for k, v in sorted(moved.items()))
+            ms = f"{ping.value:.3f}" if ping.ok and ping.value is not None else "FAIL"
+            gbps = f"{tcp.value:.2f}" if tcp and tcp.ok else "-"
+            out(f"{path.name:<20} {path.src_ns + ' -> ' + path.dst:<40} {ms:>8} {gbps:>10}  {note}")
+        for vm in lab.plan.all_vms:
+            out(f"\n{vm.name} datapath counters (packets by reason):")
+            for name, packets in sorted(counters(lab, vm).items()):
+                out(f"  {name:<24} {packets}")
+        out(f"\nfabric drops: {fabric.counters(lab.plan)}")
+        found = bridges(lab)
+        out(f"Linux bridges in the lab: {', '.join(found) if found else 'none'}")
+        return all_ok and not found
+    finally:
+        removed = lab.down()
+        out(f"\nlab down: removed {len(removed)} objects")

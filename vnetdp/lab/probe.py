@@ -1,0 +1,58 @@
+"""Traffic probes between lab namespaces: ping and a TCP transfer (iperf3)."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+
+from vnetdp.lab.shell import in_ns
+
+IPERF_PORT = 5201
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    value: float | None  # ms for ping, Gbit/s for TCP
+    detail: str = ""
+
+
+def ping(src_ns: str, dst: str, count: int = 3) -> ProbeResult:
+    proc = in_ns(src_ns, ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", str(dst)],
+                 check=False, timeout=count + 5)
+    m = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
+    received = re.search(r"(\d+) received", proc.stdout)
+    ok = proc.returncode == 0 and received is not None and int(received.group(1)) == count
+    return ProbeResult(ok, float(m.group(1)) if m else None, proc.stdout.strip().splitlines()[-1] if proc.stdout else "")
+
+
+def tcp_transfer(src_ns: str, dst_ns: str, dst: str, seconds: float = 1.0) -> ProbeResult:
+    """iperf3 from src_ns to a one-shot server in dst_ns listening on dst."""
+    server = subprocess.Popen(["ip", "netns", "exec", dst_ns, "iperf3", "-s", "-1", "-B", str(dst),
+                               "-p", str(IPERF_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            proc = in_ns(src_ns, ["iperf3", "-c", str(dst), "-p", str(IPERF_PORT), "-t", str(seconds),
+                                  "-J", "--connect-timeout", "1000"], check=False, timeout=seconds + 15)
+            result = _iperf_json(proc.stdout)
+            if proc.returncode == 0 and "error" not in result:
+                bps = result["end"]["sum_received"]["bits_per_second"]
+                return ProbeResult(True, bps / 1e9)
+            if "refused" not in proc.stdout:
+                return ProbeResult(False, None, result.get("error", proc.stdout.strip()[-200:]))
+            time.sleep(0.1)  # server not listening yet
+        return ProbeResult(False, None, "server never listened")
+    finally:
+        if server.poll() is None:
+            server.terminate()
+        server.wait(timeout=10)
+
+
+def _iperf_json(out: str) -> dict:
+    try:
+        return json.loads(out)
+    except ValueError:
+        return {"error": out.strip()[-200:] or "no output"}
