@@ -27,6 +27,7 @@ from vnetdp.datapath import syscall
 from vnetdp.datapath.node import NodeDatapath
 
 POD_GATEWAY = ipaddress.IPv4Address("169.254.1.1")
+POD_XDP_HOOK = "podxdp"  # pin name part of the pod end's XDP link
 
 
 def host_ifname(container_id: str, ifname: str) -> str:
@@ -75,6 +76,9 @@ def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
         undo.callback(links.delete_link, ipr, name)
         with netns.enter(netns_path):
             pod_mac = _setup_pod_side(ifname, address, host.mac, mtu)
+            if node.settings.nic_attach == "xdp":
+                undo.callback(attach.detach, None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
+                _attach_pod_xdp(node, ifname, name)
         links.route_host(ipr, address, host, pod_mac)
         with node.maps() as m:
             m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac))
@@ -91,6 +95,19 @@ def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
         os.close(fd)
         os.close(pod_ns)
         return info
+
+
+def _attach_pod_xdp(node: NodeDatapath, ifname: str, host_name: str) -> None:
+    """With XDP on the NIC, the pod end needs an XDP program of its own to
+    receive XDP-redirected frames (SPEC §9). Runs inside the pod namespace;
+    the link dies with the pod's veth, its pin goes with ``delete``."""
+    fd = node.datapath.prog_fd("pod_xdp_pass")
+    try:
+        with IPRoute() as ipr:
+            index = links.get_link(ipr, ifname).index
+        attach.ensure(fd, index, "xdp", node.bpffs.link_pin(host_name, POD_XDP_HOOK))
+    finally:
+        os.close(fd)
 
 
 def _forget(node: NodeDatapath, address: ipaddress.IPv4Address | None, ifindex: int | None) -> None:
@@ -115,6 +132,7 @@ def delete(node: NodeDatapath, container_id: str, ifname: str,
             ifindex = None
         attach.detach(ifindex, "tc", node.bpffs.link_pin(name, "tc"))
         links.delete_link(ipr, name)
+    attach.detach(None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
     if os.path.isdir(node.bpffs.maps_dir):
         if address is None and ifindex is not None:
             with node.maps() as m:

@@ -66,6 +66,10 @@ def build(plan: P.Plan) -> None:
                     f"net.ipv4.conf.{link}.rp_filter=0"]
     in_ns(fab, ["sysctl", "-q", "-w", *sysctls])
     ip_batch(fab, lines)
+    for vm in plan.all_vms:
+        # A wire carries finished checksums. Without this the veth hands VMs
+        # "checksum partial" frames, which XDP redirection cannot finish.
+        in_ns(fab, ["ethtool", "-K", vm.name, "tx", "off"])
     primaries = [vm.primary for vm in plan.all_vms] + [P.PEER_IP]
     in_ns(fab, ["nft", "-f", "-"], stdin=ruleset(members, primaries))
 

@@ -28,7 +28,7 @@ def ping(src_ns: str, dst: str, count: int = 3) -> ProbeResult:
     return ProbeResult(ok, float(m.group(1)) if m else None, proc.stdout.strip().splitlines()[-1] if proc.stdout else "")
 
 
-def tcp_transfer(src_ns: str, dst_ns: str, dst: str, seconds: float = 1.0) -> ProbeResult:
+def tcp_transfer(src_ns: str, dst_ns: str, dst: str, seconds: int = 1) -> ProbeResult:
     """iperf3 from src_ns to a one-shot server in dst_ns listening on dst."""
     server = subprocess.Popen(["ip", "netns", "exec", dst_ns, "iperf3", "-s", "-1", "-B", str(dst),
                                "-p", str(IPERF_PORT)],
