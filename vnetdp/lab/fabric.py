@@ -63,15 +63,22 @@ def build(plan: P.Plan) -> None:
     sysctls = ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"]
     for link in members:
         sysctls += [f"net.ipv4.conf.{link}.proxy_arp=1", f"net.ipv4.conf.{link}.proxy_arp_pvlan=1",
-                    f"net.ipv4.conf.{link}.rp_filter=0"]
+                    f"net.ipv4.conf.{link}.rp_filter=0",
+                    f"net.ipv4.neigh.{link}.proxy_delay=0"]  # the cloud answers at once
     in_ns(fab, ["sysctl", "-q", "-w", *sysctls])
     ip_batch(fab, lines)
-    for vm in plan.all_vms:
-        # A wire carries finished checksums. Without this the veth hands VMs
-        # "checksum partial" frames, which XDP redirection cannot finish.
-        in_ns(fab, ["ethtool", "-K", vm.name, "tx", "off"])
     primaries = [vm.primary for vm in plan.all_vms] + [P.PEER_IP]
     in_ns(fab, ["nft", "-f", "-"], stdin=ruleset(members, primaries))
+
+
+def finish_checksums(plan: P.Plan, vm: P.Vm) -> None:
+    """Make the fabric hand ``vm`` finished checksums, as a real wire does.
+
+    Between veths, TCP frames travel "checksum partial"; XDP redirection
+    turns them into frames without that note and the pod drops them. Needed
+    only when the VM's NIC runs XDP; it costs the fabric TSO toward that VM.
+    """
+    in_ns(plan.fabric, ["ethtool", "-K", vm.name, "tx", "off"])
 
 
 def counters(plan: P.Plan) -> dict[str, int]:

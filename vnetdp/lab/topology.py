@@ -129,6 +129,8 @@ class Lab:
     # --- per VM --------------------------------------------------------
     def node(self, vm: P.Vm, **overrides) -> NodeDatapath:
         options = {**self.node_options, **overrides}
+        if options.get("nic_attach") == "xdp":
+            fabric.finish_checksums(self.plan, vm)
         return NodeDatapath(NodeSettings(bpffs_dir=f"{self.plan.bpffs_dir(vm)}/vnetdp",
                                          state_dir=self.plan.state_dir(vm), master="eth0", **options))
 
