@@ -7,8 +7,7 @@
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/verdict.h"
-#include "lib/eth.h"
-#include "lib/ipv4.h"
+#include "lib/forward.h"
 #include "lib/arp.h"
 #include "lib/pull.h"
 
@@ -59,27 +58,8 @@ static __always_inline void handle_arp(struct __sk_buff *skb, struct ethhdr *eth
 static __always_inline void to_fabric(const struct vnd_node *node, struct ethhdr *eth,
 				      struct iphdr *ip, struct vnd_verdict *v, __u8 reason)
 {
-	int err = ipv4_dec_ttl(ip);
-
-	if (err) {
-		verdict_drop(v, err);
-		return;
-	}
-	eth_rewrite(eth, node->nic_mac, node->gw_mac);
-	verdict_set(v, VND_HOW_EGRESS, node->nic_ifindex, reason);
-}
-
-static __always_inline void to_local_pod(const struct vnd_endpoint *dst, struct ethhdr *eth,
-					 struct iphdr *ip, struct vnd_verdict *v)
-{
-	int err = ipv4_dec_ttl(ip);
-
-	if (err) {
-		verdict_drop(v, err);
-		return;
-	}
-	eth_rewrite(eth, dst->host_mac, dst->pod_mac);
-	verdict_set(v, VND_HOW_PEER, dst->ifindex, VND_FWD_LOCAL);
+	forward_ipv4(eth, ip, node->nic_mac, node->gw_mac, VND_HOW_EGRESS, node->nic_ifindex,
+		     reason, v);
 }
 
 static __always_inline void handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth,
@@ -108,7 +88,8 @@ static __always_inline void handle_ipv4(struct __sk_buff *skb, struct ethhdr *et
 	}
 	dst = vnd_endpoints.lookup(&ip->daddr);
 	if (dst && (node->flags & VND_NODE_LOCAL_SWITCHING)) {
-		to_local_pod(dst, eth, ip, v);
+		forward_ipv4(eth, ip, dst->host_mac, dst->pod_mac, VND_HOW_PEER, dst->ifindex,
+			     VND_FWD_LOCAL, v);
 		return;
 	}
 	if (dst || dest == VND_DEST_VNET) {

@@ -6,8 +6,7 @@
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/verdict.h"
-#include "lib/eth.h"
-#include "lib/ipv4.h"
+#include "lib/forward.h"
 #include "lib/pull.h"
 
 static __always_inline void nic_handle(void *data, void *data_end, struct vnd_verdict *v)
@@ -15,7 +14,6 @@ static __always_inline void nic_handle(void *data, void *data_end, struct vnd_ve
 	struct ethhdr *eth = data;
 	struct vnd_endpoint *ep;
 	struct iphdr *ip;
-	int err;
 
 	verdict_set(v, VND_HOW_PASS, 0, VND_PASS_NIC);
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
@@ -29,13 +27,8 @@ static __always_inline void nic_handle(void *data, void *data_end, struct vnd_ve
 		return;
 	v->metric_ifindex = ep->ifindex;
 	v->dir = VND_DIR_TO_POD;
-	err = ipv4_dec_ttl(ip);
-	if (err) {
-		verdict_drop(v, err);
-		return;
-	}
-	eth_rewrite(eth, ep->host_mac, ep->pod_mac);
-	verdict_set(v, VND_HOW_PEER, ep->ifindex, VND_FWD_TO_POD);
+	forward_ipv4(eth, ip, ep->host_mac, ep->pod_mac, VND_HOW_PEER, ep->ifindex,
+		     VND_FWD_TO_POD, v);
 }
 
 int from_nic(struct __sk_buff *skb)

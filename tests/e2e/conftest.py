@@ -2,15 +2,13 @@
 and helpers to read its counters."""
 from __future__ import annotations
 
-import collections
 import secrets
 from collections.abc import Iterator
 
 import pytest
 
-from vnetdp import netns
-from vnetdp.datapath.reasons import describe
 from vnetdp.lab import plan as P
+from vnetdp.lab.demo import counters
 from vnetdp.lab.topology import Lab
 
 
@@ -27,9 +25,4 @@ def lab() -> Iterator[Lab]:
         lab.down()
 
 
-def reason_counts(lab: Lab, vm: P.Vm) -> collections.Counter:
-    with netns.enter(vm.ns), lab.node(vm).maps() as m:
-        c: collections.Counter = collections.Counter()
-        for metric in m.metrics():
-            c[describe(metric.reason).name] += metric.packets
-        return c
+reason_counts = counters  # packets per reason name on one VM's datapath

@@ -64,15 +64,20 @@ class _MapElem(ctypes.Structure):
                 ("flags", ctypes.c_uint64)]
 
 
-def map_lookup(fd: int, key: ctypes.Structure | ctypes.Array, value) -> bool:
-    """Fill ``value`` with the entry for ``key``; False when there is none."""
+def _found(cmd: int, fields: ctypes.Structure, what: str) -> bool:
+    """Run a map command; False where the kernel answers ENOENT (no such entry)."""
     try:
-        _call(MAP_LOOKUP_ELEM, _MapElem(fd, 0, _addr(key), _addr(value), 0), "map lookup")
+        _call(cmd, fields, what)
     except BpfError as e:
         if e.errno == errno.ENOENT:
             return False
         raise
     return True
+
+
+def map_lookup(fd: int, key: ctypes.Structure | ctypes.Array, value) -> bool:
+    """Fill ``value`` with the entry for ``key``; False when there is none."""
+    return _found(MAP_LOOKUP_ELEM, _MapElem(fd, 0, _addr(key), _addr(value), 0), "map lookup")
 
 
 def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
@@ -81,24 +86,12 @@ def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
 
 def map_delete(fd: int, key) -> bool:
     """Delete ``key``; False when it was not there."""
-    try:
-        _call(MAP_DELETE_ELEM, _MapElem(fd, 0, _addr(key), 0, 0), "map delete")
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_DELETE_ELEM, _MapElem(fd, 0, _addr(key), 0, 0), "map delete")
 
 
 def map_next_key(fd: int, key, next_key) -> bool:
     """Write the key after ``key`` (the first one if ``key`` is None); False at the end."""
-    try:
-        _call(MAP_GET_NEXT_KEY, _MapElem(fd, 0, _addr(key), _addr(next_key), 0), "map next key")
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_GET_NEXT_KEY, _MapElem(fd, 0, _addr(key), _addr(next_key), 0), "map next key")
 
 
 class _ObjPath(ctypes.Structure):
