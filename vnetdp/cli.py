@@ -33,11 +33,12 @@ def _lab(args: argparse.Namespace) -> int:
 
 def _counters(args: argparse.Namespace) -> int:
     from vnetdp import netns
+    from vnetdp.datapath.bpffs import Bpffs
     from vnetdp.datapath.maps import Maps
     from vnetdp.datapath.reasons import DIRECTIONS, describe
 
     def read() -> list[dict]:
-        with Maps(f"{args.bpffs_dir}/maps") as m:
+        with Maps(Bpffs(args.bpffs_dir).maps_dir) as m:
             return [{"ifindex": x.ifindex, "direction": DIRECTIONS.get(x.direction, x.direction),
                      "reason": describe(x.reason).name, "packets": x.packets, "bytes": x.bytes}
                     for x in sorted(m.metrics(), key=lambda x: (x.ifindex, x.direction, x.reason))]

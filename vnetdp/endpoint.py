@@ -68,9 +68,9 @@ def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
     state = node.ensure()
     mtu = mtu or state.nic.mtu
     name = host_ifname(container_id, ifname)
-    with contextlib.ExitStack() as undo, IPRoute() as ipr:
+    with contextlib.ExitStack() as fds, contextlib.ExitStack() as undo, IPRoute() as ipr:
         pod_ns = netns.open_ns(netns_path)
-        undo.callback(os.close, pod_ns)
+        fds.callback(os.close, pod_ns)
         links.delete_link(ipr, name)  # a leftover of an interrupted ADD for this very endpoint
         host = links.create_veth(ipr, name, ifname, pod_ns, mtu)
         undo.callback(links.delete_link, ipr, name)
@@ -84,17 +84,13 @@ def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
             m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac))
             undo.callback(_forget, node, address, host.index)
         fd = node.datapath.prog_fd("from_container")
-        undo.callback(os.close, fd)
+        fds.callback(os.close, fd)
         pin = node.bpffs.link_pin(name, "tc")
-        attach.ensure(fd, host.index, "tc", pin, node.settings.attach_mode)
         undo.callback(attach.detach, host.index, "tc", pin)
-        info = EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
+        attach.ensure(fd, host.index, "tc", pin, node.settings.attach_mode)
+        undo.pop_all()  # success: keep everything
+        return EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
                             host.mac, pod_mac, mtu)
-        # Success: keep everything, close only the fds.
-        undo.pop_all()
-        os.close(fd)
-        os.close(pod_ns)
-        return info
 
 
 def _attach_pod_xdp(node: NodeDatapath, ifname: str, host_name: str) -> None:

@@ -94,8 +94,7 @@ class Lab:
         self._host(p.inet, ipaddress.IPv4Interface(f"{P.INET_IP}/24"), P.INET_FABRIC_IP)
         for vm in p.all_vms:
             self._host(vm.ns, vm.primary, P.GATEWAY)
-            for d in (p.state_dir(vm),):
-                os.makedirs(d, exist_ok=True)
+            os.makedirs(p.state_dir(vm), exist_ok=True)
             self._record("mounts", p.bpffs_dir(vm))
             bpffs.mount(p.bpffs_dir(vm))
             self._start_nmagent(vm)
