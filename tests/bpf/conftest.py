@@ -5,7 +5,6 @@ is attached anywhere."""
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,8 +37,8 @@ class Run:
 
 
 @pytest.fixture(scope="session")
-def datapath(bpffs_mount: str) -> Datapath:
-    dp = Datapath(Bpffs(os.path.join(bpffs_mount, "pkt")), tempfile.mkdtemp(prefix="vnd-lock-"),
+def datapath(bpffs_mount: str, tmp_path_factory) -> Datapath:
+    dp = Datapath(Bpffs(os.path.join(bpffs_mount, "pkt")), str(tmp_path_factory.mktemp("lock")),
                   cflags=("-DVND_TEST_TRACE",))
     dp.ensure_loaded()
     return dp
