@@ -1,6 +1,7 @@
 """from_container (tc ingress on a pod's host veth) on scapy frames."""
 from __future__ import annotations
 
+import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
@@ -57,22 +58,15 @@ def test_outside_vnet_without_snat_leaves_untranslated(maps, run):
     assert metric(maps, A.ifindex, "FWD_UNTRANSLATED") == 1
 
 
-def test_spoofed_source_ip_is_dropped_and_counted(maps, run):
-    r = run("from_container", from_a("10.3.0.100", src="10.3.1.99"))
+@pytest.mark.parametrize("src,mac,reason", [
+    ("10.3.1.99", A.pod_mac, "DROP_SPOOF_IP"),       # an address nobody owns
+    (POD_B["ip"], B.pod_mac, "DROP_SPOOF_IP"),       # another endpoint's address and MAC
+    (POD_A["ip"], "02:66:66:66:66:66", "DROP_SPOOF_MAC"),  # own address, foreign MAC
+], ids=["unknown-ip", "other-endpoint", "foreign-mac"])
+def test_spoofed_source_is_dropped_and_counted(maps, run, src, mac, reason):
+    r = run("from_container", from_a("10.3.0.100", src=src, mac=mac))
     assert r.retval == TC_ACT_SHOT
-    assert metric(maps, A.ifindex, "DROP_SPOOF_IP") == 1
-
-
-def test_source_ip_of_another_endpoint_is_spoofing(maps, run):
-    r = run("from_container", from_a("10.3.0.100", src=POD_B["ip"], mac=B.pod_mac))
-    assert r.retval == TC_ACT_SHOT
-    assert metric(maps, A.ifindex, "DROP_SPOOF_IP") == 1
-
-
-def test_spoofed_source_mac_is_dropped_and_counted(maps, run):
-    r = run("from_container", from_a("10.3.0.100", mac="02:66:66:66:66:66"))
-    assert r.retval == TC_ACT_SHOT
-    assert metric(maps, A.ifindex, "DROP_SPOOF_MAC") == 1
+    assert metric(maps, A.ifindex, reason) == 1
 
 
 def test_arp_request_from_pod_is_answered_with_host_mac(maps, run):
