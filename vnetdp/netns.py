@@ -61,8 +61,3 @@ def enter(name_or_path: str) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(here)
-
-
-def current_ns_id() -> int:
-    """Inode of the calling thread's network namespace (identifies it)."""
-    return os.stat("/proc/thread-self/ns/net").st_ino

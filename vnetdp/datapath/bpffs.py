@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shutil
 from dataclasses import dataclass
 
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -76,16 +75,6 @@ class Bpffs:
             return sorted(os.listdir(os.path.join(self.root, "progs")))
         except FileNotFoundError:
             return []
-
-    def remove_all(self) -> None:
-        """Unpin everything of this node (programs stay alive while attached)."""
-        try:
-            shutil.rmtree(self.root)
-        except FileNotFoundError:
-            pass
-        except OSError as e:  # bpffs refuses rmtree of a mount point itself
-            if e.errno not in (errno.EBUSY, errno.EPERM):
-                raise
 
 
 def mount(path: str) -> None:

@@ -107,15 +107,3 @@ class NodeDatapath:
                           self.settings.attach_mode)
         finally:
             os.close(fd)
-
-    def teardown(self) -> None:
-        """Detach from the NIC and unpin everything of this node."""
-        with IPRoute() as ipr:
-            try:
-                nic = self.nic(ipr)
-            except NodeSetupError:
-                nic = None
-        for hook in ("tc", "xdp"):
-            if nic is not None:
-                attach.detach(nic.index, hook, self.bpffs.link_pin(nic.name, hook))
-        self.bpffs.remove_all()

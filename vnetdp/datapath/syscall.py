@@ -30,7 +30,6 @@ LINK_TYPE_XDP = 6
 ATTACH_TCX_INGRESS = 46
 
 BPF_ANY = 0
-BPF_NOEXIST = 1
 
 
 class BpfError(OSError):

@@ -53,13 +53,16 @@ class Lab:
         except FileNotFoundError:
             return {"pids": [], "mounts": []}
 
-    def _record(self, key: str, value) -> None:
-        state = self._state()
-        state[key].append(value)
+    def _write_state(self, state: dict) -> None:
         tmp = self.state_file + ".tmp"
         with open(tmp, "w") as f:
             json.dump(state, f)
         os.replace(tmp, self.state_file)
+
+    def _record(self, key: str, value) -> None:
+        state = self._state()
+        state[key].append(value)
+        self._write_state(state)
 
     def is_up(self) -> bool:
         return os.path.exists(self.state_file) or bool(lab_namespaces(self.plan.prefix))
@@ -70,16 +73,12 @@ class Lab:
             raise LabError(f"lab {self.plan.lab_id or 'default'} is already up "
                            f"(vnetdp lab down{' --id ' + self.plan.lab_id if self.plan.lab_id else ''})")
         os.makedirs(self.plan.dir, exist_ok=True)
-        self._record_init()
+        self._write_state({"pids": [], "mounts": []})
         try:
             self._build()
         except BaseException:
             self.down()
             raise
-
-    def _record_init(self) -> None:
-        with open(self.state_file, "w") as f:
-            json.dump({"pids": [], "mounts": []}, f)
 
     def _build(self) -> None:
         p = self.plan
