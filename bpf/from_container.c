@@ -2,7 +2,8 @@
  * tc ingress on the host end of a pod's veth: every frame a pod sends.
  * SPEC §5 "From a pod": anti-spoofing, ARP answered locally, pod-to-pod
  * switching on the host, VNet traffic out of the NIC to the fabric gateway,
- * and the host's own addresses to the host stack.
+ * traffic beyond the VNet source-translated to the primary IP, and the
+ * host's own addresses to the host stack.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -10,6 +11,7 @@
 #include "lib/forward.h"
 #include "lib/arp.h"
 #include "lib/pull.h"
+#include "lib/snat.h"
 
 /* The endpoint behind this veth if (saddr, smac) are its own, else a drop verdict. */
 static __always_inline struct vnd_endpoint *
@@ -62,10 +64,34 @@ static __always_inline void to_fabric(const struct vnd_node *node, struct ethhdr
 		     reason, v);
 }
 
-static __always_inline void handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth,
-					void *data_end, struct vnd_verdict *v)
+/* Beyond the VNet: translated (SPEC §5 step 5) unless SNAT is off. */
+static __always_inline void to_outside(struct vnd_pkt *p, struct ethhdr *eth, struct iphdr *ip,
+				       const struct vnd_node *node, struct vnd_verdict *v)
 {
-	struct iphdr *ip = ipv4_header(eth, data_end);
+	int err;
+
+	if (!(node->flags & VND_NODE_SNAT)) {
+		to_fabric(node, eth, ip, v, VND_FWD_UNTRANSLATED);
+		return;
+	}
+	err = snat_egress(p, ip, node);
+	if (err) {
+		verdict_drop(v, err);
+		return;
+	}
+	eth = pkt_data(p);
+	ip = ipv4_header(eth, pkt_end(p));
+	if (!ip) {
+		verdict_drop(v, VND_DROP_MALFORMED);
+		return;
+	}
+	to_fabric(node, eth, ip, v, VND_FWD_SNAT);
+}
+
+static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v)
+{
+	struct ethhdr *eth = pkt_data(p);
+	struct iphdr *ip = ipv4_header(eth, pkt_end(p));
 	struct vnd_endpoint *dst;
 	struct vnd_node *node;
 	__u8 dest;
@@ -74,7 +100,7 @@ static __always_inline void handle_ipv4(struct __sk_buff *skb, struct ethhdr *et
 		verdict_drop(v, VND_DROP_MALFORMED);
 		return;
 	}
-	if (!source_endpoint(skb->ifindex, ip->saddr, eth->h_source, v))
+	if (!source_endpoint(((struct __sk_buff *)p->ctx)->ifindex, ip->saddr, eth->h_source, v))
 		return;
 	node = node_config();
 	if (!node) {
@@ -96,27 +122,23 @@ static __always_inline void handle_ipv4(struct __sk_buff *skb, struct ethhdr *et
 		to_fabric(node, eth, ip, v, VND_FWD_VNET);
 		return;
 	}
-	/* Beyond the VNet. SPEC §5 step 5 (SNAT) plugs in here; until it does,
-	 * the packet leaves untranslated and the fabric decides. */
-	to_fabric(node, eth, ip, v, VND_FWD_UNTRANSLATED);
+	to_outside(p, eth, ip, node, v);
 }
 
 int from_container(struct __sk_buff *skb)
 {
 	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_FROM_POD };
-	void *data, *data_end;
+	struct vnd_pkt p = { .ctx = skb, .is_xdp = 0 };
 	struct ethhdr *eth;
 
 	tc_pull_headers(skb);
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
+	eth = pkt_data(&p);
+	if ((void *)(eth + 1) > pkt_end(&p))
 		verdict_drop(&v, VND_DROP_MALFORMED);
 	else if (eth->h_proto == bpf_htons(ETH_P_IP))
-		handle_ipv4(skb, eth, data_end, &v);
+		handle_ipv4(&p, &v);
 	else if (eth->h_proto == bpf_htons(ETH_P_ARP))
-		handle_arp(skb, eth, data_end, &v);
+		handle_arp(skb, eth, pkt_end(&p), &v);
 	else
 		verdict_drop(&v, VND_DROP_UNSUPPORTED_L3);
 	return tc_finish(skb, &v);

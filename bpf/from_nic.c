@@ -1,50 +1,80 @@
 /*
  * The VM NIC's receive side, as tc ingress (from_nic) or XDP (from_nic_xdp):
- * SPEC §5 "From the NIC". Frames for a local pod go straight into it; all
- * else reaches the host stack untouched.
+ * SPEC §5 "From the NIC". Frames for a local pod go straight into it,
+ * replies of translated flows (and ICMP errors about them) are translated
+ * back and go into their pod; all else reaches the host stack untouched.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/verdict.h"
 #include "lib/forward.h"
 #include "lib/pull.h"
+#include "lib/snat.h"
 
-static __always_inline void nic_handle(void *data, void *data_end, struct vnd_verdict *v)
+/* For the primary IP: the reason code of a reverse translation, or 0. */
+static __always_inline int nic_reverse_snat(struct vnd_pkt *p, struct iphdr *ip,
+					    struct vnd_endpoint **ep)
 {
-	struct ethhdr *eth = data;
+	struct vnd_node *node = node_config();
+	int reason;
+
+	if (!node || ip->daddr != node->primary_ip)
+		return 0;
+	reason = snat_reply(p, ip, ep);
+	return reason ? reason : snat_icmp_error(p, ip, ep);
+}
+
+static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
+{
+	struct ethhdr *eth = pkt_data(p);
 	struct vnd_endpoint *ep;
 	struct iphdr *ip;
+	int reason;
 
 	verdict_set(v, VND_HOW_PASS, 0, VND_PASS_NIC);
-	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > pkt_end(p) || eth->h_proto != bpf_htons(ETH_P_IP))
 		return;
-	ip = ipv4_header(eth, data_end);
+	ip = ipv4_header(eth, pkt_end(p));
 	if (!ip)
 		return;
 	ep = vnd_endpoints.lookup(&ip->daddr);
-	/* Reverse SNAT (SPEC §5 NIC step 2) plugs in here. */
-	if (!ep)
-		return;
+	reason = VND_FWD_TO_POD;
+	if (!ep) {
+		reason = nic_reverse_snat(p, ip, &ep);
+		if (!reason)
+			return;
+		if (reason >= VND_DROP_MIN) {
+			verdict_drop(v, reason);
+			return;
+		}
+		eth = pkt_data(p);
+		ip = ipv4_header(eth, pkt_end(p));
+		if (!ip) {
+			verdict_drop(v, VND_DROP_MALFORMED);
+			return;
+		}
+	}
 	v->metric_ifindex = ep->ifindex;
 	v->dir = VND_DIR_TO_POD;
-	forward_ipv4(eth, ip, ep->host_mac, ep->pod_mac, VND_HOW_PEER, ep->ifindex,
-		     VND_FWD_TO_POD, v);
+	forward_ipv4(eth, ip, ep->host_mac, ep->pod_mac, VND_HOW_PEER, ep->ifindex, reason, v);
 }
 
 int from_nic(struct __sk_buff *skb)
 {
 	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_NIC };
+	struct vnd_pkt p = { .ctx = skb, .is_xdp = 0 };
 
 	tc_pull_headers(skb);
-	nic_handle((void *)(long)skb->data, (void *)(long)skb->data_end, &v);
+	nic_handle(&p, &v);
 	return tc_finish(skb, &v);
 }
 
 int from_nic_xdp(struct xdp_md *ctx)
 {
 	struct vnd_verdict v = { .metric_ifindex = ctx->ingress_ifindex, .dir = VND_DIR_NIC };
+	struct vnd_pkt p = { .ctx = ctx, .is_xdp = 1 };
 
-	nic_handle((void *)(long)ctx->data, (void *)(long)ctx->data_end, &v);
+	nic_handle(&p, &v);
 	return xdp_finish(ctx, &v);
 }
 

@@ -8,6 +8,9 @@
 #include <uapi/linux/if_arp.h>
 #include <uapi/linux/ip.h>
 #include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
 
 #ifndef VND_MAPS_DIR
 #error "VND_MAPS_DIR must name the bpffs directory that holds the pinned maps"

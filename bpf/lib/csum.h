@@ -21,4 +21,11 @@ static __always_inline void vnd_csum_replace16(__sum16 *sum, __be16 old, __be16 
 	*sum = ~vnd_csum_fold(s);
 }
 
+/* *sum covers a 32-bit field (an IPv4 address) that changes from old to new. */
+static __always_inline void vnd_csum_replace32(__sum16 *sum, __be32 old, __be32 new)
+{
+	vnd_csum_replace16(sum, (__be16)old, (__be16)new);
+	vnd_csum_replace16(sum, (__be16)(old >> 16), (__be16)(new >> 16));
+}
+
 #endif

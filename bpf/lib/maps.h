@@ -17,6 +17,9 @@
 #ifndef VND_MAX_METRICS
 #define VND_MAX_METRICS 16384
 #endif
+#ifndef VND_MAX_SNAT
+#define VND_MAX_SNAT 131072     /* entries, two per translated flow */
+#endif
 
 /* A pod on this node, keyed by its IPv4 address (network order). */
 struct vnd_endpoint {
@@ -27,6 +30,7 @@ struct vnd_endpoint {
 };
 
 #define VND_NODE_LOCAL_SWITCHING 1
+#define VND_NODE_SNAT 2
 
 /* Node settings: one entry, key 0. */
 struct vnd_node {
@@ -63,6 +67,34 @@ struct vnd_metrics_val {
 	__u64 bytes;
 };
 
+/* Which way a SNAT entry translates. */
+enum vnd_snat_dir {
+	VND_SNAT_OUT = 0,       /* key: the pod's tuple; value: primary IP, SNAT port */
+	VND_SNAT_IN = 1,        /* key: the reply's tuple; value: pod address and port */
+};
+
+/* A flow as packets of one direction carry it; ICMP echo: the id is the port
+ * on our side, the remote port is 0. */
+struct vnd_snat_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;               /* enum vnd_snat_dir */
+	__u16 pad;
+};
+
+#define VND_SNAT_CLOSING 1      /* a TCP FIN or RST went through */
+
+struct vnd_snat_val {
+	__u64 last_seen;        /* bpf_ktime_get_ns(), refreshed at most once a second */
+	__be32 addr;
+	__be16 port;
+	__u8 flags;             /* VND_SNAT_* */
+	__u8 pad;
+};
+
 BPF_TABLE_PINNED("hash", __be32, struct vnd_endpoint, vnd_endpoints,
 		 VND_MAX_ENDPOINTS, VND_MAPS_DIR "/endpoints");
 BPF_TABLE_PINNED("array", __u32, struct vnd_node, vnd_node, 1,
@@ -71,6 +103,10 @@ BPF_TABLE_PINNED("lpm_trie", struct vnd_cidr_key, __u8, vnd_vnet_cidrs,
 		 VND_MAX_CIDRS, VND_MAPS_DIR "/vnet_cidrs", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("percpu_hash", struct vnd_metrics_key, struct vnd_metrics_val,
 		 vnd_metrics, VND_MAX_METRICS, VND_MAPS_DIR "/metrics");
+/* A plain bounded hash, not LRU: when it is full a new flow is a counted drop,
+ * where LRU would silently evict one direction of a live flow. */
+BPF_TABLE_PINNED("hash", struct vnd_snat_key, struct vnd_snat_val, vnd_snat,
+		 VND_MAX_SNAT, VND_MAPS_DIR "/snat");
 
 #ifdef VND_TEST_TRACE
 /* Test builds only: the last redirect a program asked for. */

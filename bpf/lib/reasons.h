@@ -15,12 +15,18 @@ enum vnd_reason {
 	VND_FWD_TO_POD = 5,         /* from the NIC into a pod */
 	VND_PASS_NIC = 6,           /* from the NIC, not for a pod: host stack */
 	VND_FWD_UNTRANSLATED = 7,   /* pod to outside the VNet, SNAT disabled */
+	VND_FWD_SNAT = 8,           /* pod to outside the VNet, source translated to the primary IP */
+	VND_FWD_SNAT_REPLY = 9,     /* from the NIC: reply of a translated flow, into its pod */
+	VND_FWD_SNAT_ICMP_ERROR = 10, /* from the NIC: ICMP error quoting a translated packet, into its pod */
 	VND_DROP_SPOOF_IP = 64,     /* source IPv4 is not the endpoint's */
 	VND_DROP_SPOOF_MAC = 65,    /* source MAC is not the endpoint's */
 	VND_DROP_MALFORMED = 66,    /* truncated or invalid header */
 	VND_DROP_UNSUPPORTED_L3 = 67, /* neither IPv4 nor ARP from a pod */
 	VND_DROP_TTL_EXCEEDED = 68, /* TTL would reach zero when forwarded */
 	VND_DROP_NO_NODE_CONFIG = 69, /* node settings not written yet */
+	VND_DROP_SNAT_NO_PORT = 70, /* every SNAT port tried toward this destination was taken */
+	VND_DROP_SNAT_TABLE_FULL = 71, /* the SNAT table has no room for a new flow */
+	VND_DROP_SNAT_UNSUPPORTED = 72, /* leaving the VNet but untranslatable: fragment, or not TCP/UDP/ICMP echo */
 };
 
 #define VND_DROP_MIN 64

@@ -19,6 +19,7 @@ from vnetdp.datapath.loader import Datapath
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
 HOW = {0: "drop", 1: "pass", 2: "egress", 3: "peer"}
+SNAT_TABLE_SIZE = 64  # entries in the test build: small enough to fill
 
 # The test node: ifindex 1 (lo) is the pod veth the frames arrive on.
 NIC_IFINDEX, NIC_MAC, GW_MAC = 2, "00:0d:3a:00:00:01", "12:34:56:78:9a:bc"
@@ -39,7 +40,7 @@ class Run:
 @pytest.fixture(scope="session")
 def datapath(bpffs_mount: str, tmp_path_factory) -> Datapath:
     dp = Datapath(Bpffs(os.path.join(bpffs_mount, "pkt")), str(tmp_path_factory.mktemp("lock")),
-                  cflags=("-DVND_TEST_TRACE",))
+                  cflags=("-DVND_TEST_TRACE", f"-DVND_MAX_SNAT={SNAT_TABLE_SIZE}"))
     dp.ensure_loaded()
     return dp
 
@@ -60,6 +61,8 @@ def maps(datapath: Datapath) -> Iterator[M.Maps]:
         m.delete_cidr(net)
     for key in list(m._metrics.keys()):
         m._metrics.delete(key)
+    for entry in m.snat_entries():
+        m.delete_snat(entry)
     m.put_node(M.Node(0, "00:00:00:00:00:00", "00:00:00:00:00:00", "0.0.0.0", 0, 0, 0))
     m.close()
 
@@ -91,9 +94,22 @@ def metric(maps: M.Maps, ifindex: int, reason: str) -> int:
     return sum(m.packets for m in maps.metrics() if m.ifindex == ifindex and m.reason == code)
 
 
-def ip_checksum_ok(frame: Ether) -> bool:
-    """True when the frame's IPv4 header checksum is what scapy computes afresh."""
-    from scapy.layers.inet import IP
+def checksums_ok(frame: Ether) -> bool:
+    """True when every checksum in the frame verifies: IPv4 header, TCP/UDP with
+    the pseudo-header (a UDP zero means none), ICMP, and the IPv4 header an
+    ICMP error quotes."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, in4_chksum
+    from scapy.utils import checksum
+
     ip = frame[IP]
-    fresh = IP(bytes(ip.copy().__class__(**{**ip.fields, "chksum": None}))[:ip.ihl * 4])
-    return ip.chksum == fresh.chksum
+    raw = bytes(ip)
+    ok = checksum(raw[:ip.ihl * 4]) == 0
+    l4 = raw[ip.ihl * 4:ip.len]
+    if TCP in ip or (UDP in ip and ip[UDP].chksum):
+        ok &= in4_chksum(ip.proto, ip, l4) == 0
+    if ICMP in ip:
+        ok &= checksum(l4) == 0
+        if IPerror in ip:
+            inner = bytes(ip[IPerror])
+            ok &= checksum(inner[:ip[IPerror].ihl * 4]) == 0
+    return ok

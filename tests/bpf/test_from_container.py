@@ -6,7 +6,7 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from conftest import (GW_MAC, ip_checksum_ok, NIC_IFINDEX, NIC_MAC, POD_A, POD_B, PRIMARY, TC_ACT_OK,
+from conftest import (GW_MAC, checksums_ok, NIC_IFINDEX, NIC_MAC, POD_A, POD_B, PRIMARY, TC_ACT_OK,
                       TC_ACT_REDIRECT, TC_ACT_SHOT, metric)
 
 A, B = POD_A["ep"], POD_B["ep"]
@@ -23,7 +23,7 @@ def test_pod_to_vnet_leaves_nic_with_nic_and_gateway_macs(maps, run):
     assert (r.frame.src, r.frame.dst) == (NIC_MAC, GW_MAC)
     assert (r.frame[IP].src, r.frame[IP].dst) == (POD_A["ip"], "10.3.0.100")
     assert r.frame[IP].ttl == 63
-    assert ip_checksum_ok(r.frame)
+    assert checksums_ok(r.frame)
     assert metric(maps, A.ifindex, "FWD_VNET") == 1
 
 
@@ -49,13 +49,6 @@ def test_pod_to_host_primary_ip_goes_to_host_stack_untouched(maps, run):
     assert r.retval == TC_ACT_OK
     assert r.raw == bytes(frame)
     assert metric(maps, A.ifindex, "FWD_HOST") == 1
-
-
-def test_outside_vnet_without_snat_leaves_untranslated(maps, run):
-    r = run("from_container", from_a("198.18.0.1"))
-    assert (r.redirect_ifindex, r.how) == (NIC_IFINDEX, "egress")
-    assert r.frame[IP].src == POD_A["ip"]
-    assert metric(maps, A.ifindex, "FWD_UNTRANSLATED") == 1
 
 
 @pytest.mark.parametrize("src,mac,reason", [

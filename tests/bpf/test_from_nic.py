@@ -6,7 +6,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from conftest import (GW_MAC, NIC_MAC, POD_A, PRIMARY, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
-                      XDP_DROP, XDP_PASS, XDP_REDIRECT, ip_checksum_ok, metric)
+                      XDP_DROP, XDP_PASS, XDP_REDIRECT, checksums_ok, metric)
 
 A = POD_A["ep"]
 HOOKS = {  # program -> (pass, redirect, drop, how a pod is entered)
@@ -27,7 +27,7 @@ def test_frame_for_local_pod_goes_into_the_pod_with_pod_macs(maps, run, prog):
     assert (r.redirect_ifindex, r.how) == (A.ifindex, how)
     assert (r.frame.src, r.frame.dst) == (A.host_mac, A.pod_mac)
     assert (r.frame[IP].src, r.frame[IP].dst, r.frame[IP].ttl) == ("10.3.0.100", POD_A["ip"], 62)
-    assert ip_checksum_ok(r.frame)
+    assert checksums_ok(r.frame)
     assert metric(maps, A.ifindex, "FWD_TO_POD") == 1
 
 

@@ -16,6 +16,7 @@ from vnetdp.datapath.reasons import reasons
     ("node", M.u32, M.NodeC),
     ("vnet_cidrs", M.CidrKeyC, M.u8),
     ("metrics", M.MetricsKeyC, M.MetricsValC),
+    ("snat", M.SnatKeyC, M.SnatValC),
 ])
 def test_python_structs_match_what_the_kernel_holds(datapath, name, key, value):
     fd = syscall.obj_get(f"{datapath.bpffs.maps_dir}/{name}")

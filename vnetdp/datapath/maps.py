@@ -22,6 +22,9 @@ Mac = u8 * 6
 Ipv4 = u8 * 4
 
 NODE_LOCAL_SWITCHING = 1
+NODE_SNAT = 2
+SNAT_OUT, SNAT_IN = 0, 1
+SNAT_CLOSING = 1
 
 
 class Dest(IntEnum):
@@ -51,6 +54,16 @@ class MetricsKeyC(ctypes.Structure):
 
 class MetricsValC(ctypes.Structure):
     _fields_ = [("packets", u64), ("bytes", u64)]
+
+
+class SnatKeyC(ctypes.Structure):
+    _fields_ = [("saddr", Ipv4), ("daddr", Ipv4), ("sport", ctypes.c_uint16.__ctype_be__),
+                ("dport", ctypes.c_uint16.__ctype_be__), ("proto", u8), ("dir", u8), ("pad", u16)]
+
+
+class SnatValC(ctypes.Structure):
+    _fields_ = [("last_seen", u64), ("addr", Ipv4), ("port", ctypes.c_uint16.__ctype_be__),
+                ("flags", u8), ("pad", u8)]
 
 
 class TraceC(ctypes.Structure):
@@ -167,7 +180,7 @@ class Node:
     primary_ip: ipaddress.IPv4Address
     snat_port_min: int = 61000
     snat_port_max: int = 65535
-    flags: int = NODE_LOCAL_SWITCHING
+    flags: int = NODE_LOCAL_SWITCHING | NODE_SNAT
 
     def to_c(self) -> NodeC:
         return NodeC(self.nic_ifindex, mac_bytes(self.nic_mac), mac_bytes(self.gw_mac),
@@ -177,6 +190,31 @@ class Node:
     def from_c(cls, c: NodeC) -> Node:
         return cls(c.nic_ifindex, mac_str(c.nic_mac), mac_str(c.gw_mac), ip_of(c.primary_ip),
                    c.snat_port_min, c.snat_port_max, c.flags)
+
+
+@dataclass(frozen=True)
+class SnatEntry:
+    """One direction of a translated flow, as the table holds it."""
+
+    direction: int          # SNAT_OUT or SNAT_IN
+    proto: int
+    saddr: ipaddress.IPv4Address
+    daddr: ipaddress.IPv4Address
+    sport: int
+    dport: int
+    addr: ipaddress.IPv4Address  # OUT: primary IP; IN: pod address
+    port: int                    # OUT: SNAT port; IN: pod port
+    last_seen_ns: int            # CLOCK_MONOTONIC
+    flags: int
+
+    def key(self) -> SnatKeyC:
+        return SnatKeyC(ip_bytes(self.saddr), ip_bytes(self.daddr), self.sport, self.dport,
+                        self.proto, self.direction, 0)
+
+    @classmethod
+    def from_c(cls, k: SnatKeyC, v: SnatValC) -> SnatEntry:
+        return cls(k.dir, k.proto, ip_of(k.saddr), ip_of(k.daddr), k.sport, k.dport,
+                   ip_of(v.addr), v.port, v.last_seen, v.flags)
 
 
 @dataclass(frozen=True)
@@ -197,9 +235,10 @@ class Maps:
         self._node = PinnedMap(f"{maps_dir}/node", u32, NodeC)
         self._cidrs = PinnedMap(f"{maps_dir}/vnet_cidrs", CidrKeyC, u8)
         self._metrics = PinnedMap(f"{maps_dir}/metrics", MetricsKeyC, MetricsValC, percpu=True)
+        self._snat = PinnedMap(f"{maps_dir}/snat", SnatKeyC, SnatValC)
 
     def close(self) -> None:
-        for m in (self._endpoints, self._node, self._cidrs, self._metrics):
+        for m in (self._endpoints, self._node, self._cidrs, self._metrics, self._snat):
             m.close()
 
     def __enter__(self) -> Maps:
@@ -242,6 +281,14 @@ class Maps:
     def cidrs(self) -> dict[ipaddress.IPv4Network, Dest]:
         return {ipaddress.IPv4Network((ip_of(k.addr), k.prefixlen)): Dest(v.value)
                 for k, v in self._cidrs.items()}
+
+    # SNAT connection table
+    def snat_entries(self) -> list[SnatEntry]:
+        return [SnatEntry.from_c(k, v)
+                for k, v in syscall.map_lookup_batch(self._snat.fd, SnatKeyC, SnatValC)]
+
+    def delete_snat(self, entry: SnatEntry) -> bool:
+        return self._snat.delete(entry.key())
 
     # counters
     def metrics(self) -> list[Metric]:

@@ -37,6 +37,8 @@ class NodeSettings:
     vnet_cidrs: list[str] | None = None  # default: the NIC's subnets
     host_destinations: list[str] = field(default_factory=list)  # to the host stack
     local_switching: bool = True
+    enable_snat: bool = True             # translate traffic leaving the VNet (SPEC §5 step 5)
+    snat_ports: tuple[int, int] = (61000, 65535)  # outside Linux's default ephemeral range
     nic_attach: str = "tc"               # "tc" or "xdp"
     attach_mode: str = "auto"            # tc mechanism: "auto", "tcx" or "clsact"
     cflags: tuple[str, ...] = ()
@@ -79,12 +81,16 @@ class NodeDatapath:
             addrs = links.ipv4_interfaces(ipr, nic.index)
         if not addrs:
             raise NodeSetupError(f"NIC {nic.name} has no IPv4 address")
+        low, high = s.snat_ports
+        if not 1 <= low <= high <= 65535:
+            raise NodeSetupError(f"SNAT port range {low}-{high} is not a range of ports")
         primary = addrs[0].ip
         cidrs = [ipaddress.IPv4Network(c) for c in s.vnet_cidrs] if s.vnet_cidrs \
             else sorted({a.network for a in addrs})
         with self.maps() as m:
-            m.put_node(M.Node(nic.index, nic.mac, s.gateway_mac, primary,
-                              flags=M.NODE_LOCAL_SWITCHING if s.local_switching else 0))
+            flags = (M.NODE_LOCAL_SWITCHING if s.local_switching else 0) | \
+                (M.NODE_SNAT if s.enable_snat else 0)
+            m.put_node(M.Node(nic.index, nic.mac, s.gateway_mac, primary, low, high, flags))
             wanted = {net: M.Dest.VNET for net in cidrs}
             wanted.update({ipaddress.IPv4Network(f"{a.ip}/32"): M.Dest.HOST for a in addrs})
             wanted.update({ipaddress.IPv4Network(h): M.Dest.HOST for h in s.host_destinations})

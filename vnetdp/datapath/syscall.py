@@ -18,6 +18,7 @@ MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
 MAP_DELETE_ELEM = 3
 MAP_GET_NEXT_KEY = 4
+MAP_LOOKUP_BATCH = 24
 OBJ_PIN = 6
 OBJ_GET = 7
 PROG_TEST_RUN = 10
@@ -46,10 +47,11 @@ def _call(cmd: int, fields: ctypes.Structure, what: str) -> int:
     attr = _Attr()
     ctypes.memmove(ctypes.byref(attr), ctypes.byref(fields), ctypes.sizeof(fields))
     ret = _libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    err = ctypes.get_errno()
+    # Copied back on failure too: a batch lookup ending in ENOENT reports its count.
     ctypes.memmove(ctypes.byref(fields), ctypes.byref(attr), ctypes.sizeof(fields))
+    if ret < 0:
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
     return ret
 
 
@@ -91,6 +93,38 @@ def map_delete(fd: int, key) -> bool:
 def map_next_key(fd: int, key, next_key) -> bool:
     """Write the key after ``key`` (the first one if ``key`` is None); False at the end."""
     return _found(MAP_GET_NEXT_KEY, _MapElem(fd, 0, _addr(key), _addr(next_key), 0), "map next key")
+
+
+class _MapBatch(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def map_lookup_batch(fd: int, key_type: type, value_type: type, chunk: int = 4096):
+    """Every (key, value) of a hash map, ``chunk`` entries per bpf() call."""
+    keys, values = (key_type * chunk)(), (value_type * chunk)()
+    # The batch cursor is opaque; a key's size is always room enough.
+    cursor = ctypes.c_uint8 * max(8, ctypes.sizeof(key_type))
+    cursor_in, cursor_out = cursor(), cursor()
+    first = True
+    while True:
+        attr = _MapBatch(0 if first else _addr(cursor_in), _addr(cursor_out), _addr(keys),
+                         _addr(values), chunk, fd, 0, 0)
+        try:
+            _call(MAP_LOOKUP_BATCH, attr, "map lookup batch")
+            done = False
+        except BpfError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            done = True
+        for i in range(attr.count):
+            yield key_type.from_buffer_copy(keys[i]), value_type.from_buffer_copy(values[i])
+        if done:
+            return
+        ctypes.memmove(cursor_in, cursor_out, ctypes.sizeof(cursor_out))
+        first = False
 
 
 class _ObjPath(ctypes.Structure):
