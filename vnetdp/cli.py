@@ -5,12 +5,18 @@ Examples:
   vnetdp lab demo                        lab, pods, connectivity matrix, teardown
   vnetdp lab down [--id ID]              remove every trace of a lab
   vnetdp counters --bpffs-dir DIR        datapath counters of the node pinned at DIR
+  vnetdp snat list --bpffs-dir DIR       the node's translated flows
+  vnetdp snat sweep --bpffs-dir DIR [--every S]   expire idle and closed flows
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import sys
+import time
+from collections.abc import Iterator
 
 from vnetdp.lab import plan as P
 
@@ -31,29 +37,69 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
-def _counters(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _node_maps(args: argparse.Namespace) -> Iterator:
+    """The maps pinned at --bpffs-dir, opened inside --netns if given."""
     from vnetdp import netns
     from vnetdp.datapath.bpffs import Bpffs
     from vnetdp.datapath.maps import Maps
+
+    with netns.enter(args.netns) if args.netns else contextlib.nullcontext():
+        with Maps(Bpffs(args.bpffs_dir).maps_dir) as m:
+            yield m
+
+
+def _counters(args: argparse.Namespace) -> int:
     from vnetdp.datapath.reasons import DIRECTIONS, describe
 
-    def read() -> list[dict]:
-        with Maps(Bpffs(args.bpffs_dir).maps_dir) as m:
-            return [{"ifindex": x.ifindex, "direction": DIRECTIONS.get(x.direction, x.direction),
-                     "reason": describe(x.reason).name, "packets": x.packets, "bytes": x.bytes}
-                    for x in sorted(m.metrics(), key=lambda x: (x.ifindex, x.direction, x.reason))]
-
-    if args.netns:
-        with netns.enter(args.netns):
-            rows = read()
-    else:
-        rows = read()
+    with _node_maps(args) as m:
+        rows = [{"ifindex": x.ifindex, "direction": DIRECTIONS.get(x.direction, x.direction),
+                 "reason": describe(x.reason).name, "packets": x.packets, "bytes": x.bytes}
+                for x in sorted(m.metrics(), key=lambda x: (x.ifindex, x.direction, x.reason))]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
             print(f"{r['ifindex']:>6} {r['direction']:<9} {r['reason']:<24} {r['packets']:>10} {r['bytes']:>12}")
     return 0
+
+
+def _snat(args: argparse.Namespace) -> int:
+    from vnetdp.datapath import snat
+
+    if args.action == "list":
+        with _node_maps(args) as m:
+            now = snat.now_ns()
+            rows = [f.as_dict(now) for f in snat.flows(m)]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"{'proto':<5} {'pod':<21} {'translated':<21} {'remote':<21} {'idle s':>8}  state")
+            for r in rows:
+                state = "orphan" if r["orphan"] else "closing" if r["closing"] else "open"
+                print(f"{r['proto']:<5} {r['pod']:<21} {r['translated']:<21} {r['remote']:<21} "
+                      f"{r['idle_s']:>8}  {state}")
+        return 0
+    timeouts = snat.Timeouts(**{k: v for k, v in vars(args).items()
+                                if k in snat.Timeouts.__dataclass_fields__ and v is not None})
+    while True:
+        try:
+            with _node_maps(args) as m:
+                result = snat.sweep(m, timeouts)
+        except OSError as e:
+            # The maps are pinned with the node's first pod: a looping sweeper waits.
+            if not args.every or e.errno != errno.ENOENT:
+                raise
+        else:
+            if not args.every:
+                print(json.dumps(result.__dict__))
+                return 0
+        time.sleep(args.every)
+
+
+def _node_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bpffs-dir", required=True, help="the node's pin directory")
+    parser.add_argument("--netns", help="the node's network namespace, if not this one")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     lab.add_argument("--pool", type=int, default=30, help="secondary addresses per VM (1-250)")
     lab.set_defaults(func=_lab)
     counters = sub.add_parser("counters", help="datapath counters of one node")
-    counters.add_argument("--bpffs-dir", required=True, help="the node's pin directory")
-    counters.add_argument("--netns", help="the node's network namespace, if not this one")
+    _node_args(counters)
     counters.add_argument("--json", action="store_true")
     counters.set_defaults(func=_counters)
+    snat = sub.add_parser("snat", help="the node's SNAT connection table")
+    snat.add_argument("action", choices=["list", "sweep"])
+    _node_args(snat)
+    snat.add_argument("--json", action="store_true", help="list: as JSON")
+    snat.add_argument("--every", type=float, help="sweep: repeat every this many seconds")
+    for name in ("tcp", "tcp_closing", "udp", "icmp", "orphan"):
+        snat.add_argument(f"--{name.replace('_', '-')}-timeout", dest=name, type=float,
+                          help=f"sweep: idle seconds before a {name.replace('_', ' ')} flow expires")
+    snat.set_defaults(func=_snat)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

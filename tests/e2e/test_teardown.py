@@ -22,8 +22,8 @@ def test_down_removes_every_trace(tmp_path):
     lab.up()
     try:
         lab.add_pod(lab.plan.vm(1), 1)
-        pids = lab._state()["pids"]
-        assert pids and all(os.path.exists(f"/proc/{p}") for p in pids)
+        pids = [pid for pid, _ in lab._state()["pids"]]
+        assert len(pids) == 4 and all(os.path.exists(f"/proc/{p}") for p in pids)
         assert _mounts_under(lab.plan.dir)
         with pytest.raises(LabError, match="already up"):
             lab.up()

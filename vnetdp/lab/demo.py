@@ -67,18 +67,17 @@ def run_demo(lab_id: str = "", pool: int = 30, out=print) -> bool:
         all_ok = True
         for path in matrix_paths(lab):
             before = counters(lab, path.vm)
-            fab_before = fabric.counters(lab.plan)
+            fab_before = fabric.drops(lab.plan)
             ping = probe.ping(path.src_ns, path.dst)
             tcp = probe.tcp_transfer(path.src_ns, path.dst_ns, path.dst) if ping.ok else None
             moved = counters(lab, path.vm) - before
-            fab_moved = {k: v - fab_before.get(k, 0) for k, v in fabric.counters(lab.plan).items()
+            fab_moved = {k: v - fab_before.get(k, 0) for k, v in fabric.drops(lab.plan).items()
                          if v != fab_before.get(k, 0)}
             works = ping.ok and tcp is not None and tcp.ok
-            if path.name == "pod-internet" and not works:
-                note = "needs SNAT" + (f" (fabric dropped: {fab_moved})" if fab_moved else "")
-            else:
-                all_ok &= works
-                note = ", ".join(f"{k}+{v}" for k, v in sorted(moved.items()))
+            all_ok &= works
+            note = ", ".join(f"{k}+{v}" for k, v in sorted(moved.items()))
+            if fab_moved:
+                note += f" (fabric dropped: {fab_moved})"
             ms = f"{ping.value:.3f}" if ping.ok and ping.value is not None else "FAIL"
             gbps = f"{tcp.value:.2f}" if tcp and tcp.ok else "-"
             out(f"{path.name:<20} {path.src_ns + ' -> ' + path.dst:<40} {ms:>8} {gbps:>10}  {note}")
@@ -86,7 +85,7 @@ def run_demo(lab_id: str = "", pool: int = 30, out=print) -> bool:
             out(f"\n{vm.name} datapath counters (packets by reason):")
             for name, packets in sorted(counters(lab, vm).items()):
                 out(f"  {name:<24} {packets}")
-        out(f"\nfabric drops: {fabric.counters(lab.plan)}")
+        out(f"\nfabric drops: {fabric.drops(lab.plan)}")
         found = bridges(lab)
         out(f"Linux bridges in the lab: {', '.join(found) if found else 'none'}")
         return all_ok and not found

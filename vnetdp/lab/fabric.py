@@ -4,7 +4,7 @@ Enforcement is nftables inside the fabric namespace, with named counters so
 tests and the demo can show what it dropped:
 ``<link>_bad_mac`` (source MAC not the NIC's), ``<link>_bad_ip`` (source IP not
 one of the NIC's addresses), ``inet_not_primary`` (only VM primary IPs reach
-the internet).
+the internet); ``inet_from_primary`` counts what does reach it.
 """
 from __future__ import annotations
 
@@ -40,10 +40,11 @@ def ruleset(members: dict[str, tuple[str, list[ipaddress.IPv4Address]]],
                 "  }"]
     out.append("}")
     elems = ", ".join(str(a) for a in primaries)
-    out += ["table ip vnd_fabric_fwd {", "  counter inet_not_primary {}",
+    out += ["table ip vnd_fabric_fwd {", "  counter inet_not_primary {}", f"  counter {INET_FROM_PRIMARY} {{}}",
             f"  set primaries {{ type ipv4_addr; elements = {{ {elems} }} }}",
             "  chain forward {", "    type filter hook forward priority 0; policy accept;",
             '    oifname "inet" ip saddr != @primaries counter name "inet_not_primary" drop',
+            f'    oifname "inet" counter name "{INET_FROM_PRIMARY}"',
             "  }", "}"]
     return "\n".join(out) + "\n"
 
@@ -81,8 +82,11 @@ def finish_checksums(plan: P.Plan, vm: P.Vm) -> None:
     in_ns(plan.fabric, ["ethtool", "-K", vm.name, "tx", "off"])
 
 
+INET_FROM_PRIMARY = "inet_from_primary"  # the one counter of packets let through
+
+
 def counters(plan: P.Plan) -> dict[str, int]:
-    """Packets each fabric rule dropped, by counter name."""
+    """Packets each fabric rule counted, by counter name."""
     proc = in_ns(plan.fabric, ["nft", "-j", "list", "counters"])
     out = {}
     for item in json.loads(proc.stdout)["nftables"]:
@@ -90,6 +94,11 @@ def counters(plan: P.Plan) -> dict[str, int]:
         if c:
             out[c["name"]] = c["packets"]
     return out
+
+
+def drops(plan: P.Plan) -> dict[str, int]:
+    """Packets each enforcing rule dropped, by counter name."""
+    return {k: v for k, v in counters(plan).items() if k != INET_FROM_PRIMARY}
 
 
 def link_veth(ns_a: str, name_a: str, mac_a: str, ns_b: str, name_b: str, mac_b: str) -> None:

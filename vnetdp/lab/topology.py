@@ -25,6 +25,8 @@ from vnetdp.lab import plan as P
 from vnetdp.lab.shell import ip_batch, run
 
 SERVER_MODULE = "vnetdp.lab.nmagent"
+CLI_MODULE = "vnetdp.cli"
+SWEEP_EVERY_S = 2  # the lab's SNAT sweeper, as an operator's service would run it
 
 
 class LabError(Exception):
@@ -97,6 +99,8 @@ class Lab:
             self._record("mounts", p.bpffs_dir(vm))
             bpffs.mount(p.bpffs_dir(vm))
             self._start_nmagent(vm)
+            self._start(vm, CLI_MODULE, ["snat", "sweep", "--bpffs-dir", self.node_bpffs_dir(vm),
+                                         "--every", str(SWEEP_EVERY_S)])
 
     def _host(self, ns: str, addr, gateway: ipaddress.IPv4Address) -> None:
         iface = addr if isinstance(addr, ipaddress.IPv4Interface) \
@@ -108,11 +112,7 @@ class Lab:
         doc = os.path.join(self.plan.dir, vm.name, "interfaces.xml")
         with open(doc, "w") as f:
             f.write(nmagent.interface_document(vm.mac, P.VNET, vm.primary, vm.secondaries(self.plan.pool)))
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", vm.ns, sys.executable, "-m", SERVER_MODULE, doc, str(P.NMAGENT_PORT)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        self._record("pids", proc.pid)
+        proc = self._start(vm, SERVER_MODULE, [doc, str(P.NMAGENT_PORT)])
         with netns.enter(vm.ns):
             deadline = time.monotonic() + 10
             while True:
@@ -124,12 +124,23 @@ class Lab:
                         raise LabError(f"interface document server in {vm.ns} did not start")
                     time.sleep(0.05)
 
+    def _start(self, vm: P.Vm, module: str, args: list[str]) -> subprocess.Popen:
+        """A lab process in the VM's namespace, recorded for ``down``."""
+        proc = subprocess.Popen(["ip", "netns", "exec", vm.ns, sys.executable, "-m", module, *args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        self._record("pids", [proc.pid, module])
+        return proc
+
     # --- per VM --------------------------------------------------------
+    def node_bpffs_dir(self, vm: P.Vm) -> str:
+        return f"{self.plan.bpffs_dir(vm)}/vnetdp"
+
     def node(self, vm: P.Vm, **overrides) -> NodeDatapath:
         options = {**self.node_options, **overrides}
         if options.get("nic_attach") == "xdp":
             fabric.finish_checksums(self.plan, vm)
-        return NodeDatapath(NodeSettings(bpffs_dir=f"{self.plan.bpffs_dir(vm)}/vnetdp",
+        return NodeDatapath(NodeSettings(bpffs_dir=self.node_bpffs_dir(vm),
                                          state_dir=self.plan.state_dir(vm), master="eth0", **options))
 
     def add_pod(self, vm: P.Vm, j: int, address: ipaddress.IPv4Address | None = None
@@ -146,8 +157,8 @@ class Lab:
         """Remove everything of this lab; returns what it removed."""
         removed: list[str] = []
         state = self._state()
-        for pid in state["pids"]:
-            if _stop_own_process(pid, SERVER_MODULE):
+        for pid, module in state["pids"]:
+            if _stop_own_process(pid, module):
                 removed.append(f"process {pid}")
         for ns in lab_namespaces(self.plan.prefix):
             run(["ip", "netns", "del", ns], check=False)

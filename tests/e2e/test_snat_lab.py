@@ -1,0 +1,226 @@
+"""SNAT end to end: pods on both VMs reach the lab's internet host through the
+BPF translation, the internet sees only the VMs' primary IPs, the VMs' own
+connections are left alone, and the sweep expires what is done."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+from conftest import reason_counts
+from vnetdp import cli, netns
+from vnetdp.datapath import snat
+from vnetdp.lab import fabric, probe
+from vnetdp.lab import plan as P
+
+INET = str(P.INET_IP)
+ECHO_PORT, UDP_PORT = 7000, 7001
+SNAT_PORTS = range(61000, 65536)
+CONNECTIONS = 5000
+
+
+def ns_socket(ns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket that lives in ``ns`` (sockets keep the namespace they were made in)."""
+    with netns.enter(ns):
+        return socket.socket(socket.AF_INET, kind)
+
+
+def snat_drops(lab) -> int:
+    return sum(n for vm in lab.plan.all_vms for r, n in reason_counts(lab, vm).items()
+               if r.startswith("DROP_SNAT"))
+
+
+class EchoServer:
+    """Line echo on the internet host; remembers who each connection came from."""
+
+    def __init__(self, lab) -> None:
+        self.listener = ns_socket(lab.plan.inet)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((INET, ECHO_PORT))
+        self.listener.setblocking(False)
+        self.peers: list[tuple[str, int]] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        self.peers.append(peer)
+        while line := await reader.readline():
+            writer.write(f"{peer[0]}:{peer[1]} ".encode() + line)
+            await writer.drain()
+        writer.close()
+
+    async def start(self) -> asyncio.Server:
+        return await asyncio.start_server(self._serve, sock=self.listener, backlog=1024)
+
+
+async def exchange(sock: socket.socket, token: str) -> tuple[str, int]:
+    """Connect, send one line, check the echo; returns the source the server saw."""
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(f"{token}\n".encode())
+        await writer.drain()
+        seen, echoed = (await asyncio.wait_for(reader.readline(), 10)).decode().split()
+        assert echoed == token, f"{token} got {echoed}'s echo"
+        host, port = seen.rsplit(":", 1)
+        return host, int(port)
+    finally:
+        writer.close()  # the pod closes first: TIME_WAIT stays on the pod's side
+
+
+async def connect(ns: str, sport: int = 0) -> socket.socket:
+    s = ns_socket(ns)
+    s.setblocking(False)
+    if sport:
+        s.bind(("0.0.0.0", sport))
+    await asyncio.get_running_loop().sock_connect(s, (INET, ECHO_PORT))
+    return s
+
+
+def test_ping_tcp_and_udp_reach_the_internet_from_primary_ips_only(lab):
+    vm2 = lab.plan.vm(2)
+    pod = lab.plan.pod_ns(vm2, 1)
+    before_fabric, before = fabric.counters(lab.plan), reason_counts(lab, vm2)
+    assert probe.ping(pod, INET).ok
+    server, client = ns_socket(lab.plan.inet, socket.SOCK_DGRAM), ns_socket(pod, socket.SOCK_DGRAM)
+    with server, client:
+        server.bind((INET, UDP_PORT))
+        server.settimeout(3)
+        client.settimeout(3)
+        client.bind(("0.0.0.0", 40123))
+        client.sendto(b"request", (INET, UDP_PORT))
+        data, (src, sport) = server.recvfrom(100)
+        server.sendto(b"response", (src, sport))
+        assert client.recvfrom(100) == (b"response", (INET, UDP_PORT))
+    assert (data, src) == (b"request", str(vm2.primary)) and sport in SNAT_PORTS
+    moved = reason_counts(lab, vm2) - before
+    assert moved["FWD_SNAT"] >= 4 and moved["FWD_SNAT_REPLY"] >= 4
+    after = fabric.counters(lab.plan)
+    assert after["inet_not_primary"] == before_fabric["inet_not_primary"]
+    assert after[fabric.INET_FROM_PRIMARY] >= before_fabric[fabric.INET_FROM_PRIMARY] + 4
+
+
+def test_5000_connections_from_pods_on_both_vms_with_colliding_source_ports(lab):
+    """vm1's two pods use the same source ports toward the same destination at
+    the same time; a VM's own connection keeps working throughout."""
+    vm1, vm2 = lab.plan.all_vms
+    pod1, pod2, pod3 = lab.plan.pod_ns(vm1, 1), lab.plan.pod_ns(vm1, 2), lab.plan.pod_ns(vm2, 1)
+    primaries = {str(vm1.primary), str(vm2.primary)}
+    drops_before = snat_drops(lab)
+    fabric_before = fabric.counters(lab.plan)["inet_not_primary"]
+    quarter = CONNECTIONS // 4
+    jobs = [(ns, 20000 + i if ns != pod3 else 0, f"{ns}/{i}")
+            for i in range(quarter) for ns in (pod1, pod2, pod3, pod3)]
+    jobs = [(ns, sport, f"{token}/{n}") for n, (ns, sport, token) in enumerate(jobs)]
+
+    async def main() -> tuple[list, list]:
+        server = await EchoServer(lab).start()
+        host = await connect(vm1.ns)
+        host_reader, host_writer = await asyncio.open_connection(sock=host)
+        host_seen: list[str] = []
+        done = asyncio.Event()
+
+        async def host_keepalive() -> None:
+            while not done.is_set():
+                host_writer.write(b"host\n")
+                await host_writer.drain()
+                host_seen.append((await asyncio.wait_for(host_reader.readline(), 5)).decode())
+                await asyncio.sleep(0.02)
+
+        limit = asyncio.Semaphore(200)
+
+        async def one(ns: str, sport: int, token: str):
+            async with limit:
+                try:
+                    return await exchange(await connect(ns, sport), token)
+                except Exception as e:  # reported below, all at once
+                    return e
+
+        keepalive = asyncio.create_task(host_keepalive())
+        results = await asyncio.gather(*(one(*job) for job in jobs))
+        done.set()
+        await keepalive
+        host_writer.close()
+        server.close()
+        return results, host_seen
+
+    start = time.monotonic()
+    results, host_seen = asyncio.run(main())
+    elapsed = time.monotonic() - start
+    failures = [(job, r) for job, r in zip(jobs, results) if isinstance(r, Exception)]
+    assert not failures, f"{len(failures)} of {len(jobs)} failed, e.g. {failures[:3]}"
+    assert {host for host, _ in results} == primaries
+    assert all(port in SNAT_PORTS for _, port in results)
+    # Concurrent flows from one VM never shared a translated source.
+    assert len({r for r in results}) == len(results)
+    assert len(host_seen) > 10 and all(line.startswith(f"{vm1.primary}:") for line in host_seen)
+    host_port = int(host_seen[0].split()[0].rsplit(":", 1)[1])
+    assert host_port not in SNAT_PORTS  # the VM's own connection is not translated
+    assert snat_drops(lab) == drops_before
+    assert fabric.counters(lab.plan)["inet_not_primary"] == fabric_before
+    print(f"{len(jobs)} connections in {elapsed:.1f} s")
+
+
+def test_expiry_removes_closed_and_idle_flows_and_keeps_open_ones(lab, capsys):
+    vm1 = lab.plan.vm(1)
+    pod = lab.plan.pod_ns(vm1, 1)
+
+    async def flows_of_three_kinds() -> asyncio.StreamWriter:
+        server = await EchoServer(lab).start()
+        await exchange(await connect(pod, 30001), "closed")
+        reader, writer = await asyncio.open_connection(sock=await connect(pod, 30002))
+        writer.write(b"open\n")
+        await writer.drain()
+        await reader.readline()
+        server.close()
+        return writer
+
+    with ns_socket(pod, socket.SOCK_DGRAM) as udp:
+        udp.bind(("0.0.0.0", 30003))
+        udp.sendto(b"x", (INET, UDP_PORT))
+        loop = asyncio.new_event_loop()
+        try:
+            open_writer = loop.run_until_complete(flows_of_three_kinds())
+            time.sleep(1.2)
+            with lab.node(vm1).maps() as m:
+                def pod_ports() -> set[int]:
+                    return {f.pod[1] for f in snat.flows(m) if str(f.pod[0]) == "10.3.1.1"}
+                assert {30001, 30002, 30003} <= pod_ports()
+                short = snat.Timeouts(tcp=3600, tcp_closing=1, udp=1)
+                result = snat.sweep(m, short)
+                assert result.expired >= 2
+                assert 30002 in pod_ports() and not {30001, 30003} & pod_ports()
+            cli.main(["snat", "list", "--bpffs-dir", lab.node_bpffs_dir(vm1), "--json"])
+            listed = json.loads(capsys.readouterr().out)
+            assert {"proto": "tcp", "pod": "10.3.1.1:30002", "closing": False, "orphan": False}.items() \
+                <= next(f for f in listed if f["pod"] == "10.3.1.1:30002").items()
+            open_writer.close()
+            loop.run_until_complete(asyncio.sleep(0.1))  # the server sees the close
+        finally:
+            loop.close()
+
+
+def test_orphan_direction_is_removed_by_the_sweep(lab):
+    vm1 = lab.plan.vm(1)
+    with ns_socket(lab.plan.pod_ns(vm1, 1), socket.SOCK_DGRAM) as udp:
+        udp.bind(("0.0.0.0", 30004))
+        udp.sendto(b"x", (INET, UDP_PORT))
+    with lab.node(vm1).maps() as m:
+        [flow] = [f for f in snat.flows(m) if f.pod[1] == 30004]
+        m.delete_snat(flow.out)  # as if one direction had been lost
+        time.sleep(0.2)
+        assert snat.sweep(m, snat.Timeouts(orphan=0.1)).orphans == 1
+        assert not [e for e in m.snat_entries() if e.direction == 1 and e.port == 30004]
+
+
+def test_snat_disabled_leaves_pod_traffic_untranslated_and_the_fabric_drops_it(lab):
+    vm2 = lab.plan.vm(2)
+    before = fabric.counters(lab.plan)["inet_not_primary"]
+    with netns.enter(vm2.ns):
+        lab.node(vm2, enable_snat=False).ensure()
+    try:
+        assert not probe.ping(lab.plan.pod_ns(vm2, 1), INET, count=1).ok
+        assert fabric.counters(lab.plan)["inet_not_primary"] > before
+    finally:
+        with netns.enter(vm2.ns):
+            lab.node(vm2).ensure()
+    assert probe.ping(lab.plan.pod_ns(vm2, 1), INET, count=1).ok
