@@ -12,68 +12,19 @@ from conftest import reason_counts
 from vnetdp import cli, netns
 from vnetdp.datapath import snat
 from vnetdp.lab import fabric, probe
+from vnetdp.lab.connstorm import EchoServer, Job, StormResult, exchange, ns_socket, open_from, storm
 from vnetdp.lab import plan as P
 
 INET = str(P.INET_IP)
 ECHO_PORT, UDP_PORT = 7000, 7001
+DEST = (INET, ECHO_PORT)
 SNAT_PORTS = range(61000, 65536)
 CONNECTIONS = 5000
-
-
-def ns_socket(ns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A socket that lives in ``ns`` (sockets keep the namespace they were made in)."""
-    with netns.enter(ns):
-        return socket.socket(socket.AF_INET, kind)
 
 
 def snat_drops(lab) -> int:
     return sum(n for vm in lab.plan.all_vms for r, n in reason_counts(lab, vm).items()
                if r.startswith("DROP_SNAT"))
-
-
-class EchoServer:
-    """Line echo on the internet host; remembers who each connection came from."""
-
-    def __init__(self, lab) -> None:
-        self.listener = ns_socket(lab.plan.inet)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((INET, ECHO_PORT))
-        self.listener.setblocking(False)
-        self.peers: list[tuple[str, int]] = []
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        self.peers.append(peer)
-        while line := await reader.readline():
-            writer.write(f"{peer[0]}:{peer[1]} ".encode() + line)
-            await writer.drain()
-        writer.close()
-
-    async def start(self) -> asyncio.Server:
-        return await asyncio.start_server(self._serve, sock=self.listener, backlog=1024)
-
-
-async def exchange(sock: socket.socket, token: str) -> tuple[str, int]:
-    """Connect, send one line, check the echo; returns the source the server saw."""
-    reader, writer = await asyncio.open_connection(sock=sock)
-    try:
-        writer.write(f"{token}\n".encode())
-        await writer.drain()
-        seen, echoed = (await asyncio.wait_for(reader.readline(), 10)).decode().split()
-        assert echoed == token, f"{token} got {echoed}'s echo"
-        host, port = seen.rsplit(":", 1)
-        return host, int(port)
-    finally:
-        writer.close()  # the pod closes first: TIME_WAIT stays on the pod's side
-
-
-async def connect(ns: str, sport: int = 0) -> socket.socket:
-    s = ns_socket(ns)
-    s.setblocking(False)
-    if sport:
-        s.bind(("0.0.0.0", sport))
-    await asyncio.get_running_loop().sock_connect(s, (INET, ECHO_PORT))
-    return s
 
 
 def test_ping_tcp_and_udp_reach_the_internet_from_primary_ips_only(lab):
@@ -104,60 +55,41 @@ def test_5000_connections_from_pods_on_both_vms_with_colliding_source_ports(lab)
     the same time; a VM's own connection keeps working throughout."""
     vm1, vm2 = lab.plan.all_vms
     pod1, pod2, pod3 = lab.plan.pod_ns(vm1, 1), lab.plan.pod_ns(vm1, 2), lab.plan.pod_ns(vm2, 1)
-    primaries = {str(vm1.primary), str(vm2.primary)}
     drops_before = snat_drops(lab)
     fabric_before = fabric.counters(lab.plan)["inet_not_primary"]
-    quarter = CONNECTIONS // 4
-    jobs = [(ns, 20000 + i if ns != pod3 else 0, f"{ns}/{i}")
-            for i in range(quarter) for ns in (pod1, pod2, pod3, pod3)]
-    jobs = [(ns, sport, f"{token}/{n}") for n, (ns, sport, token) in enumerate(jobs)]
+    jobs = [Job(ns, 20000 + i if ns != pod3 else 0, f"{ns}/{i}/{k}")
+            for i in range(CONNECTIONS // 4) for k, ns in enumerate((pod1, pod2, pod3, pod3))]
 
-    async def main() -> tuple[list, list]:
-        server = await EchoServer(lab).start()
-        host = await connect(vm1.ns)
-        host_reader, host_writer = await asyncio.open_connection(sock=host)
-        host_seen: list[str] = []
+    async def main() -> tuple[StormResult, list[str]]:
+        server = await EchoServer(lab.plan.inet, INET, ECHO_PORT).start()
+        host_reader, host_writer = await open_from(vm1.ns, DEST)
+        host_seen: list[tuple[str, int]] = []
         done = asyncio.Event()
 
         async def host_keepalive() -> None:
             while not done.is_set():
-                host_writer.write(b"host\n")
-                await host_writer.drain()
-                host_seen.append((await asyncio.wait_for(host_reader.readline(), 5)).decode())
+                host_seen.append(await exchange(host_reader, host_writer, "host"))
                 await asyncio.sleep(0.02)
 
-        limit = asyncio.Semaphore(200)
-
-        async def one(ns: str, sport: int, token: str):
-            async with limit:
-                try:
-                    return await exchange(await connect(ns, sport), token)
-                except Exception as e:  # reported below, all at once
-                    return e
-
         keepalive = asyncio.create_task(host_keepalive())
-        results = await asyncio.gather(*(one(*job) for job in jobs))
+        result = await storm(jobs, DEST)
         done.set()
         await keepalive
         host_writer.close()
         server.close()
-        return results, host_seen
+        return result, host_seen
 
-    start = time.monotonic()
-    results, host_seen = asyncio.run(main())
-    elapsed = time.monotonic() - start
-    failures = [(job, r) for job, r in zip(jobs, results) if isinstance(r, Exception)]
-    assert not failures, f"{len(failures)} of {len(jobs)} failed, e.g. {failures[:3]}"
-    assert {host for host, _ in results} == primaries
-    assert all(port in SNAT_PORTS for _, port in results)
-    # Concurrent flows from one VM never shared a translated source.
-    assert len({r for r in results}) == len(results)
-    assert len(host_seen) > 10 and all(line.startswith(f"{vm1.primary}:") for line in host_seen)
-    host_port = int(host_seen[0].split()[0].rsplit(":", 1)[1])
-    assert host_port not in SNAT_PORTS  # the VM's own connection is not translated
+    result, host_seen = asyncio.run(main())
+    assert not result.failures, f"{len(result.failures)} of {len(jobs)} failed: {result.failures[:3]}"
+    assert {host for host, _ in result.results} == {str(vm1.primary), str(vm2.primary)}
+    assert all(port in SNAT_PORTS for _, port in result.results)
+    # No two flows of one VM were given the same translated source.
+    assert len(set(result.results)) == len(jobs)
+    assert len(host_seen) > 10 and {h for h, _ in host_seen} == {str(vm1.primary)}
+    assert all(port not in SNAT_PORTS for _, port in host_seen)  # the VM's own, untranslated
     assert snat_drops(lab) == drops_before
     assert fabric.counters(lab.plan)["inet_not_primary"] == fabric_before
-    print(f"{len(jobs)} connections in {elapsed:.1f} s")
+    print(f"{len(jobs)} connections in {result.seconds:.1f} s")
 
 
 def test_expiry_removes_closed_and_idle_flows_and_keeps_open_ones(lab, capsys):
@@ -165,12 +97,12 @@ def test_expiry_removes_closed_and_idle_flows_and_keeps_open_ones(lab, capsys):
     pod = lab.plan.pod_ns(vm1, 1)
 
     async def flows_of_three_kinds() -> asyncio.StreamWriter:
-        server = await EchoServer(lab).start()
-        await exchange(await connect(pod, 30001), "closed")
-        reader, writer = await asyncio.open_connection(sock=await connect(pod, 30002))
-        writer.write(b"open\n")
-        await writer.drain()
-        await reader.readline()
+        server = await EchoServer(lab.plan.inet, INET, ECHO_PORT).start()
+        reader, writer = await open_from(pod, DEST, 30001)
+        await exchange(reader, writer, "closed")
+        writer.close()
+        reader, writer = await open_from(pod, DEST, 30002)
+        await exchange(reader, writer, "open")
         server.close()
         return writer
 
