@@ -7,6 +7,8 @@ Examples:
   vnetdp counters --bpffs-dir DIR        datapath counters of the node pinned at DIR
   vnetdp snat list --bpffs-dir DIR       the node's translated flows
   vnetdp snat sweep --bpffs-dir DIR [--every S]   expire idle and closed flows
+  vnetdp install [--cni-bin-dir D] [--cni-conf-dir D]   CNI plugins + compiled datapath
+  vnetdp ipam show|rebuild --state-dir DIR          the IPAM state of a node
 """
 from __future__ import annotations
 
@@ -97,6 +99,29 @@ def _snat(args: argparse.Namespace) -> int:
         time.sleep(args.every)
 
 
+def _install(args: argparse.Namespace) -> int:
+    from vnetdp.install import install
+
+    for item in install(args.cni_bin_dir, args.cni_conf_dir, args.state_dir, args.bpffs_dir,
+                        args.ipam_url, compile_programs=not args.no_compile):
+        print(f"installed {item}")
+    return 0
+
+
+def _ipam(args: argparse.Namespace) -> int:
+    from vnetdp.ipam import plugin
+    from vnetdp.ipam.store import Store
+
+    if args.action == "rebuild":
+        state = plugin.rebuild(args.state_dir)
+        print(f"rebuilt {Store(args.state_dir).path}: {len(state.allocations)} allocations "
+              "from the node's attachments; pools are re-read on the next ADD")
+        return 0
+    with Store(args.state_dir).transaction() as state:
+        print(json.dumps(state.to_json(), indent=2))
+    return 0
+
+
 def _node_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bpffs-dir", required=True, help="the node's pin directory")
     parser.add_argument("--netns", help="the node's network namespace, if not this one")
@@ -125,6 +150,19 @@ def main(argv: list[str] | None = None) -> int:
         snat.add_argument(f"--{name.replace('_', '-')}-timeout", dest=name, type=float,
                           help=f"sweep: idle seconds before a {name.replace('_', ' ')} flow expires")
     snat.set_defaults(func=_snat)
+    from vnetdp.paths import DEFAULT_BPFFS_DIR, DEFAULT_STATE_DIR
+    inst = sub.add_parser("install", help="install the CNI plugins on this node")
+    inst.add_argument("--cni-bin-dir", default="/opt/cni/bin")
+    inst.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
+    inst.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    inst.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
+    inst.add_argument("--ipam-url", help="interface document URL (default: the Azure host agent's)")
+    inst.add_argument("--no-compile", action="store_true", help="leave compiling to the first ADD")
+    inst.set_defaults(func=_install)
+    ipam = sub.add_parser("ipam", help="the node's IPAM state")
+    ipam.add_argument("action", choices=["show", "rebuild"])
+    ipam.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    ipam.set_defaults(func=_ipam)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -118,9 +118,10 @@ def _forget(node: NodeDatapath, address: ipaddress.IPv4Address | None, ifindex: 
 
 
 def delete(node: NodeDatapath, container_id: str, ifname: str,
-           address: ipaddress.IPv4Address | None = None) -> None:
-    """Remove the endpoint; whatever is already gone counts as removed."""
-    name = host_ifname(container_id, ifname)
+           address: ipaddress.IPv4Address | None = None, host_name: str | None = None) -> None:
+    """Remove the endpoint (named by container ID and ifname, or by its host
+    interface name); whatever is already gone counts as removed."""
+    name = host_name or host_ifname(container_id, ifname)
     with IPRoute() as ipr:
         try:
             ifindex: int | None = links.get_link(ipr, name).index
@@ -134,6 +135,34 @@ def delete(node: NodeDatapath, container_id: str, ifname: str,
             with node.maps() as m:
                 address = next((ip for ip, ep in m.endpoints().items() if ep.ifindex == ifindex), None)
         _forget(node, address, ifindex)
+
+
+def _is_host_ifname(name: str) -> bool:
+    return len(name) == 14 and name.startswith("vnd") and all(c in "0123456789abcdef" for c in name[3:])
+
+
+def remove_strays(node: NodeDatapath, keep: set[str]) -> list[str]:
+    """Remove host veths, link pins and endpoint map entries that belong to no
+    endpoint in ``keep`` (host interface names): what an interrupted ADD or DEL
+    can leave. Returns the host interface names removed."""
+    with IPRoute() as ipr:
+        present = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+    names = {n for n in present if _is_host_ifname(n)}
+    if os.path.isdir(node.bpffs.links_dir):
+        for pin in os.listdir(node.bpffs.links_dir):
+            hook, _, name = pin.partition("-")
+            if hook in ("tc", POD_XDP_HOOK) and _is_host_ifname(name):
+                names.add(name)
+    strays = sorted(names - keep)
+    for name in strays:
+        delete(node, "", "", host_name=name)
+    if os.path.isdir(node.bpffs.maps_dir):
+        with node.maps() as m:
+            for address, ep in m.endpoints().items():
+                if ep.ifindex not in present.values():
+                    m.delete_endpoint(address)
+                    m.forget_metrics(ep.ifindex)
+    return strays
 
 
 def check(node: NodeDatapath, container_id: str, ifname: str, netns_path: str,

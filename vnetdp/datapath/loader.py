@@ -8,7 +8,6 @@ contents: upgrading programs keeps endpoints and counters.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 
 from vnetdp.datapath import syscall
 from vnetdp.datapath.bpffs import Bpffs, remove_pin
+from vnetdp.locks import flocked
 from vnetdp.paths import BPF_DIR
 
 #: program name -> (source file, program type: "tc" or "xdp")
@@ -100,9 +100,7 @@ class Datapath:
         start = time.perf_counter()
         if self.is_loaded():
             return LoadResult(self.build, False, time.perf_counter() - start)
-        os.makedirs(self.lock_dir, exist_ok=True)
-        with open(os.path.join(self.lock_dir, "compile.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with flocked(os.path.join(self.lock_dir, "compile.lock")):
             compiled = not self.is_loaded()  # another process may have won the race
             if compiled:
                 self._compile_and_pin()

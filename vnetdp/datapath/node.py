@@ -18,6 +18,7 @@ from vnetdp.datapath import attach
 from vnetdp.datapath import maps as M
 from vnetdp.datapath.bpffs import Bpffs
 from vnetdp.datapath.loader import Datapath, LoadResult
+from vnetdp.locks import flocked
 
 FABRIC_GATEWAY_MAC = "12:34:56:78:9a:bc"
 
@@ -75,6 +76,11 @@ class NodeDatapath:
     def ensure(self) -> NodeState:
         """Load (or reuse) programs, write node settings, attach the NIC program."""
         load = self.datapath.ensure_loaded()
+        with flocked(os.path.join(self.settings.state_dir, "node.lock")):
+            return self._configure(load)
+
+    def _configure(self, load: LoadResult) -> NodeState:
+        """Node settings, prefixes and the NIC attachment; one process at a time."""
         s = self.settings
         with IPRoute() as ipr:
             nic = self.nic(ipr)

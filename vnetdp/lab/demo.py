@@ -45,7 +45,7 @@ def matrix_paths(lab: Lab) -> list[Path]:
     p = lab.plan
     vm1, vm2 = p.vm(1), p.vm(2)
     pod = lambda vm, j: p.pod_ns(vm, j)  # noqa: E731
-    ip = lambda vm, j: str(vm.secondaries(p.pool)[j - 1])  # noqa: E731
+    ip = lambda vm, j: str(lab.pod_address(vm, j))  # noqa: E731
     return [
         Path("pod-pod same VM", pod(vm1, 1), pod(vm1, 2), ip(vm1, 2), vm1),
         Path("pod-pod across VMs", pod(vm1, 1), pod(vm2, 1), ip(vm2, 1), vm1),

@@ -17,10 +17,11 @@ import subprocess
 import sys
 import time
 
-from vnetdp import endpoint, netns
+from vnetdp import install, netns
+from vnetdp.cni.attachments import Attachments
 from vnetdp.datapath import bpffs
 from vnetdp.datapath.node import NodeDatapath, NodeSettings
-from vnetdp.lab import fabric, nmagent
+from vnetdp.lab import cni, fabric, nmagent
 from vnetdp.lab import plan as P
 from vnetdp.lab.shell import ip_batch, run
 
@@ -99,6 +100,8 @@ class Lab:
             self._record("mounts", p.bpffs_dir(vm))
             bpffs.mount(p.bpffs_dir(vm))
             self._start_nmagent(vm)
+            install.install(self.cni_bin_dir(vm), self.cni_conf_dir(vm), p.state_dir(vm),
+                            self.node_bpffs_dir(vm), cni.nmagent_url())
             self._start(vm, CLI_MODULE, ["snat", "sweep", "--bpffs-dir", self.node_bpffs_dir(vm),
                                          "--every", str(SWEEP_EVERY_S)])
 
@@ -136,6 +139,16 @@ class Lab:
     def node_bpffs_dir(self, vm: P.Vm) -> str:
         return f"{self.plan.bpffs_dir(vm)}/vnetdp"
 
+    def cni_bin_dir(self, vm: P.Vm) -> str:
+        return os.path.join(self.plan.dir, vm.name, "cni", "bin")
+
+    def cni_conf_dir(self, vm: P.Vm) -> str:
+        return os.path.join(self.plan.dir, vm.name, "cni", "net.d")
+
+    def cni(self, vm: P.Vm, command: str, conf: dict | None = None, **kw) -> cni.CniCall:
+        """Run the VM's installed vnetdp plugin (see ``vnetdp.lab.cni.invoke``)."""
+        return cni.invoke(vm.ns, self.cni_bin_dir(vm), command, conf or cni.network_config(), **kw)
+
     def node(self, vm: P.Vm, **overrides) -> NodeDatapath:
         options = {**self.node_options, **overrides}
         if options.get("nic_attach") == "xdp":
@@ -143,14 +156,23 @@ class Lab:
         return NodeDatapath(NodeSettings(bpffs_dir=self.node_bpffs_dir(vm),
                                          state_dir=self.plan.state_dir(vm), master="eth0", **options))
 
-    def add_pod(self, vm: P.Vm, j: int, address: ipaddress.IPv4Address | None = None
-                ) -> endpoint.EndpointInfo:
-        """A pod namespace with one endpoint, plumbed by the library (as ADD does)."""
+    def add_pod(self, vm: P.Vm, j: int, conf: dict | None = None) -> ipaddress.IPv4Address:
+        """A pod namespace attached through the VM's installed CNI plugin, as a
+        runtime does it; returns the address IPAM gave it."""
         ns = self.plan.pod_ns(vm, j)
         run(["ip", "netns", "add", ns])
-        address = address or vm.secondaries(self.plan.pool)[j - 1]
-        with netns.enter(vm.ns):
-            return endpoint.add(self.node(vm), ns, netns.path_of(ns), "eth0", address)
+        call = self.cni(vm, "ADD", conf, container_id=ns, pod_netns=netns.path_of(ns))
+        if not call.ok:
+            raise LabError(f"CNI ADD for {ns} failed: {call.output} {call.stderr[-300:]}")
+        return ipaddress.IPv4Interface(call.output["ips"][0]["address"]).ip
+
+    def pod_address(self, vm: P.Vm, j: int) -> ipaddress.IPv4Address:
+        """The address of pod j on vm, as its attachment record holds it."""
+        ns = self.plan.pod_ns(vm, j)
+        record = Attachments(self.plan.state_dir(vm)).get(ns, "eth0")
+        if record is None:
+            raise LabError(f"pod {ns} has no attachment")
+        return ipaddress.IPv4Address(record.address)
 
     # --- down ----------------------------------------------------------
     def down(self) -> list[str]:

@@ -1,0 +1,1 @@
+"""The CNI side of vnetdp: protocol, configuration, and the two plugins."""

@@ -1,0 +1,1 @@
+"""vnetdp-ipam: addresses from the VM NIC's secondary-IP pool (SPEC §3)."""

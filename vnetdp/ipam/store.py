@@ -1,0 +1,179 @@
+"""The IPAM state file: the pools and which attachment holds which address.
+
+One JSON file in the state directory, changed only inside ``transaction()``:
+an exclusive ``flock`` on a lock file beside it, and a write through a temp
+file, fsync, rename and fsync of the directory, so a crash leaves either the
+old or the new file. A corrupt or empty file is never replaced by an empty
+state: every call reports it (a copy is kept aside for the operator) until
+``rebuild`` writes a good one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from vnetdp.cni.spec import CniError, Code
+from vnetdp.ipam.sources import Pool
+from vnetdp.locks import flocked
+
+STATE_FILE = "ipam.json"
+
+
+@dataclass(frozen=True)
+class Allocation:
+    container_id: str
+    ifname: str
+    address: str
+    subnet: str
+    gateway: str
+    time: float
+
+
+@dataclass
+class State:
+    pools: list[dict] = field(default_factory=list)   # subnet, gateway, addresses
+    allocations: list[Allocation] = field(default_factory=list)
+    cursor: dict[str, str] = field(default_factory=dict)  # subnet -> last address given
+    refreshed: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: dict) -> State:
+        state = cls(list(data["pools"]), [Allocation(**a) for a in data["allocations"]],
+                    dict(data.get("cursor", {})), float(data.get("refreshed", 0)))
+        for pool in state.pools:  # validates the addresses
+            ipaddress.IPv4Network(pool["subnet"])
+            [ipaddress.IPv4Address(a) for a in pool["addresses"]]
+        return state
+
+    def to_json(self) -> dict:
+        return {"version": 1, "pools": self.pools, "allocations": [asdict(a) for a in self.allocations],
+                "cursor": self.cursor, "refreshed": self.refreshed}
+
+    # --- queries -------------------------------------------------------
+    def find(self, container_id: str, ifname: str) -> Allocation | None:
+        return next((a for a in self.allocations
+                     if a.container_id == container_id and a.ifname == ifname), None)
+
+    def free(self) -> int:
+        used = {a.address for a in self.allocations}
+        return sum(1 for p in self.pools for a in p["addresses"] if a not in used)
+
+    # --- changes -------------------------------------------------------
+    def refresh(self, pools: list[Pool], now: float) -> None:
+        """Take the source's pools. Addresses in use stay allocated even when the
+        source no longer lists them; they are just not handed out again."""
+        self.pools = [{"subnet": str(p.subnet), "gateway": str(p.gateway),
+                       "addresses": [str(a) for a in p.addresses]} for p in pools]
+        self.refreshed = now
+
+    def allocate(self, container_id: str, ifname: str, now: float) -> Allocation:
+        """The address of (container_id, ifname): the one it holds, or the next
+        free one after the last given (round robin, so a released address is
+        not handed out again at once)."""
+        held = self.find(container_id, ifname)
+        if held:
+            return held
+        used = {a.address for a in self.allocations}
+        for pool in self.pools:
+            addrs = pool["addresses"]
+            last = self.cursor.get(pool["subnet"])
+            start = addrs.index(last) + 1 if last in addrs else 0
+            for address in addrs[start:] + addrs[:start]:
+                if address not in used:
+                    alloc = Allocation(container_id, ifname, address, pool["subnet"], pool["gateway"], now)
+                    self.allocations.append(alloc)
+                    self.cursor[pool["subnet"]] = address
+                    return alloc
+        total = sum(len(p["addresses"]) for p in self.pools)
+        subnets = ", ".join(p["subnet"] for p in self.pools) or "none"
+        raise CniError(Code.POOL_EXHAUSTED,
+                       f"no free address: all {total} secondary addresses in {subnets} are in use",
+                       "add secondary IP addresses to the VM's NIC (the pool is refreshed on the next ADD)")
+
+    def release(self, container_id: str, ifname: str | None = None) -> list[Allocation]:
+        gone = [a for a in self.allocations if a.container_id == container_id
+                and (ifname is None or a.ifname == ifname)]
+        self.allocations = [a for a in self.allocations if a not in gone]
+        return gone
+
+    def keep_only(self, valid: set[tuple[str, str]]) -> list[Allocation]:
+        """Release every allocation whose (container ID, ifname) is not in ``valid``."""
+        gone = [a for a in self.allocations if (a.container_id, a.ifname) not in valid]
+        self.allocations = [a for a in self.allocations if a not in gone]
+        return gone
+
+
+class Store:
+    def __init__(self, state_dir: str) -> None:
+        self.dir = state_dir
+        self.path = os.path.join(state_dir, STATE_FILE)
+
+    def _locked(self):
+        return flocked(self.path + ".lock")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[State]:
+        """The state under the lock; written back (atomically) if changed."""
+        with self._locked():
+            state = self._load()
+            before = state.to_json()
+            yield state
+            if state.to_json() != before:
+                self._write(state)
+
+    def rebuild(self, allocations: Iterable[Allocation]) -> State:
+        """Replace the state (also a corrupt one) with these allocations and no
+        pools (the next ADD refreshes them from the source)."""
+        with self._locked():
+            state = State(allocations=list(allocations))
+            self._write(state)
+            return state
+
+    def _load(self) -> State:
+        try:
+            with open(self.path) as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return State()
+        except OSError as e:
+            raise CniError(Code.IO_FAILURE, f"cannot read IPAM state {self.path}: {e}")
+        try:
+            return State.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as e:
+            aside = self._keep_aside(raw)
+            raise CniError(Code.STATE_CORRUPT,
+                           f"IPAM state {self.path} is {'empty' if not raw.strip() else 'corrupt'} ({e}); "
+                           f"a copy is kept at {aside}",
+                           "no address is handed out until it is rebuilt: run "
+                           f"'vnetdp ipam rebuild --state-dir {self.dir}' or a CNI GC")
+
+    def _keep_aside(self, raw: str) -> str:
+        """A copy of the bad file for the operator (one per distinct content)."""
+        aside = f"{self.path}.corrupt-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+        if not os.path.exists(aside):
+            shutil.copyfile(self.path, aside)
+        return aside
+
+    def _write(self, state: State) -> None:
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(state.to_json(), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise CniError(Code.IO_FAILURE, f"cannot write IPAM state {self.path}: {e}")
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
