@@ -3,13 +3,14 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vnetdp-setup
-APT_PACKAGES := python3-bpfcc python3-venv iproute2 nftables iperf3 iputils-ping ethtool
+APT_PACKAGES := python3-bpfcc python3-venv iproute2 nftables iptables iperf3 iputils-ping ethtool \
+                containernetworking-plugins
 
 .PHONY: setup demo test clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/setup-host.sh
+$(STAMP): pyproject.toml tools/setup-host.sh Makefile
 	bash tools/setup-host.sh $(APT_PACKAGES)
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q -e '.[test]'

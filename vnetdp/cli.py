@@ -9,6 +9,7 @@ Examples:
   vnetdp snat sweep --bpffs-dir DIR [--every S]   expire idle and closed flows
   vnetdp install [--cni-bin-dir D] [--cni-conf-dir D]   CNI plugins + compiled datapath
   vnetdp ipam show|rebuild --state-dir DIR          the IPAM state of a node
+  vnetdp agent [--state-dir D] [--bpffs-dir D]      node agent: CNI fast path, SNAT sweeps
 """
 from __future__ import annotations
 
@@ -122,6 +123,13 @@ def _ipam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from vnetdp import agent
+
+    agent.serve(args.state_dir, args.bpffs_dir, args.sweep_every)
+    return 0
+
+
 def _node_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bpffs-dir", required=True, help="the node's pin directory")
     parser.add_argument("--netns", help="the node's network namespace, if not this one")
@@ -163,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     ipam.add_argument("action", choices=["show", "rebuild"])
     ipam.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     ipam.set_defaults(func=_ipam)
+    agent = sub.add_parser("agent", help="the node agent: CNI fast path and SNAT sweeps")
+    agent.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    agent.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
+    agent.add_argument("--sweep-every", type=float, default=2.0, help="seconds between SNAT sweeps")
+    agent.set_defaults(func=_agent)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

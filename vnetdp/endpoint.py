@@ -65,10 +65,9 @@ def _setup_pod_side(ifname: str, address: ipaddress.IPv4Address, host_mac: str, 
 def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
         address: ipaddress.IPv4Address, mtu: int | None = None) -> EndpointInfo:
     """Create the endpoint; on any failure nothing of it remains."""
-    state = node.ensure()
-    mtu = mtu or state.nic.mtu
     name = host_ifname(container_id, ifname)
     with contextlib.ExitStack() as fds, contextlib.ExitStack() as undo, IPRoute() as ipr:
+        mtu = mtu or node.ensure(ipr).nic.mtu
         pod_ns = netns.open_ns(netns_path)
         fds.callback(os.close, pod_ns)
         links.delete_link(ipr, name)  # a leftover of an interrupted ADD for this very endpoint
@@ -86,8 +85,8 @@ def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
         fd = node.datapath.prog_fd("from_container")
         fds.callback(os.close, fd)
         pin = node.bpffs.link_pin(name, "tc")
-        undo.callback(attach.detach, host.index, "tc", pin)
-        attach.ensure(fd, host.index, "tc", pin, node.settings.attach_mode)
+        undo.callback(attach.detach, host.index, "tc", pin, ipr)
+        attach.ensure(fd, host.index, "tc", pin, node.settings.pod_attach_mode, ipr, fresh=True)
         undo.pop_all()  # success: keep everything
         return EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
                             host.mac, pod_mac, mtu)

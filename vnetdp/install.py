@@ -1,8 +1,8 @@
 """``vnetdp install``: the CNI entry points and an example conflist on a node,
 and the datapath compiled and pinned so that ADD only attaches.
 
-The installed executables are ``cni/vnetdp`` and ``cni/vnetdp-ipam`` with the
-interpreter that runs vnetdp as their ``#!`` line and this node's defaults
+The installed executables ``vnetdp`` and ``vnetdp-ipam`` are both
+``cni/vnetdp`` (the name tells the plugin) with the interpreter that runs vnetdp as their ``#!`` line and this node's defaults
 (state and pin directories, interface document URL) set in them: runtimes call
 plugins with an empty environment.
 """
@@ -20,9 +20,10 @@ ENTRY_POINTS = ("vnetdp", "vnetdp-ipam")
 EXAMPLE_CONFLIST = "10-vnetdp.conflist"
 
 
-def entry_point_text(name: str, defaults: dict[str, str]) -> str:
-    body = (CNI_DIR / name).read_text().split("\n", 1)[1]
-    preamble = [f"#!{sys.executable}", "# Installed by vnetdp install: this node's defaults.", "import os"]
+def entry_point_text(defaults: dict[str, str]) -> str:
+    """``cni/vnetdp`` with this interpreter (no site-packages until needed) and defaults."""
+    body = (CNI_DIR / "vnetdp").read_text().split("\n", 1)[1]
+    preamble = [f"#!{sys.executable} -S", "# Installed by vnetdp install: this node's defaults.", "import os"]
     preamble += [f"os.environ.setdefault({k!r}, {v!r})" for k, v in sorted(defaults.items())]
     return "\n".join(preamble) + "\n" + body
 
@@ -46,7 +47,7 @@ def install(bin_dir: str = "/opt/cni/bin", conf_dir: str = "/etc/cni/net.d",
     os.makedirs(bin_dir, exist_ok=True)
     for name in ENTRY_POINTS:
         path = os.path.join(bin_dir, name)
-        _write(path, entry_point_text(name, defaults), 0o755)
+        _write(path, entry_point_text(defaults), 0o755)
         written.append(path)
     os.makedirs(conf_dir, exist_ok=True)
     conflist = os.path.join(conf_dir, EXAMPLE_CONFLIST)

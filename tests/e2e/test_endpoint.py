@@ -1,5 +1,5 @@
 """Endpoint lifecycle in a lab VM: rollback, idempotent delete, CHECK-style
-verification, the clsact fallback and XDP on the NIC."""
+verification, both tc attachment mechanisms and XDP on the NIC."""
 from __future__ import annotations
 
 import ipaddress
@@ -10,7 +10,7 @@ from pyroute2 import IPRoute
 
 from conftest import reason_counts
 from vnetdp import endpoint, links, netns
-from vnetdp.datapath import attach
+from vnetdp.datapath import attach, syscall
 from vnetdp.lab import probe
 from vnetdp.lab.shell import run
 
@@ -92,13 +92,19 @@ def test_delete_twice_and_after_netns_is_gone(lab, pod_slot):
     assert not os.path.exists(node.bpffs.link_pin(ep.host_ifname, "tc"))
 
 
-def test_clsact_fallback_carries_traffic(lab, pod_slot):
+@pytest.mark.parametrize("mode", ["clsact", "tcx"])
+def test_pod_attachment_by_each_mechanism_carries_traffic(lab, pod_slot, mode):
     vm, ns, address = pod_slot
-    node = lab.node(vm, attach_mode="clsact")
+    node = lab.node(vm, pod_attach_mode=mode)
     with netns.enter(vm.ns):
         ep = endpoint.add(node, ns, netns.path_of(ns), "eth0", address)
         got = attach.attached(ep.host_ifindex, "tc", node.bpffs.link_pin(ep.host_ifname, "tc"))
-    assert got.mechanism == "clsact"
+    assert got.mechanism == mode
+    fd = node.datapath.prog_fd("from_container")
+    try:
+        assert got.prog_id == syscall.prog_id(fd)
+    finally:
+        os.close(fd)
     before = reason_counts(lab, vm)
     assert probe.ping(ns, str(lab.plan.vm(2).secondaries(lab.plan.pool)[0])).ok
     assert (reason_counts(lab, vm) - before)["FWD_VNET"] >= 3

@@ -53,13 +53,13 @@ def run(plugin: str, handler: Handler, environ: dict[str, str] | None = None,
         return 1
 
 
-def network() -> int:
+def network(stdin: bytes | None = None) -> int:
     """The ``vnetdp`` network plugin."""
     from vnetdp.cni.network import handle
-    return run("vnetdp", handle)
+    return run("vnetdp", handle, stdin=stdin)
 
 
-def ipam() -> int:
+def ipam(stdin: bytes | None = None) -> int:
     """The ``vnetdp-ipam`` plugin."""
     from vnetdp.ipam.plugin import handle
-    return run("vnetdp-ipam", handle)
+    return run("vnetdp-ipam", handle, stdin=stdin)

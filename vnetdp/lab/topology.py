@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from vnetdp import install, netns
+from vnetdp import agent, install, netns
 from vnetdp.cni.attachments import Attachments
 from vnetdp.datapath import bpffs
 from vnetdp.datapath.node import NodeDatapath, NodeSettings
@@ -27,7 +27,7 @@ from vnetdp.lab.shell import ip_batch, run
 
 SERVER_MODULE = "vnetdp.lab.nmagent"
 CLI_MODULE = "vnetdp.cli"
-SWEEP_EVERY_S = 2  # the lab's SNAT sweeper, as an operator's service would run it
+SWEEP_EVERY_S = 2  # the agent's SNAT sweeps, as an operator's service would run them
 
 
 class LabError(Exception):
@@ -102,8 +102,7 @@ class Lab:
             self._start_nmagent(vm)
             install.install(self.cni_bin_dir(vm), self.cni_conf_dir(vm), p.state_dir(vm),
                             self.node_bpffs_dir(vm), cni.nmagent_url())
-            self._start(vm, CLI_MODULE, ["snat", "sweep", "--bpffs-dir", self.node_bpffs_dir(vm),
-                                         "--every", str(SWEEP_EVERY_S)])
+            self._start_agent(vm)
 
     def _host(self, ns: str, addr, gateway: ipaddress.IPv4Address) -> None:
         iface = addr if isinstance(addr, ipaddress.IPv4Interface) \
@@ -116,16 +115,24 @@ class Lab:
         with open(doc, "w") as f:
             f.write(nmagent.interface_document(vm.mac, P.VNET, vm.primary, vm.secondaries(self.plan.pool)))
         proc = self._start(vm, SERVER_MODULE, [doc, str(P.NMAGENT_PORT)])
-        with netns.enter(vm.ns):
-            deadline = time.monotonic() + 10
-            while True:
+
+        def listening() -> bool:
+            with netns.enter(vm.ns):
                 try:
                     socket.create_connection(("127.0.0.1", P.NMAGENT_PORT), timeout=1).close()
-                    break
+                    return True
                 except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise LabError(f"interface document server in {vm.ns} did not start")
-                    time.sleep(0.05)
+                    return False
+
+        _wait_for(listening, proc, f"interface document server in {vm.ns}")
+
+    def _start_agent(self, vm: P.Vm) -> None:
+        """The node agent (CNI fast path, SNAT sweeps), up before the first pod."""
+        proc = self._start(vm, CLI_MODULE, ["agent", "--state-dir", self.plan.state_dir(vm),
+                                            "--bpffs-dir", self.node_bpffs_dir(vm),
+                                            "--sweep-every", str(SWEEP_EVERY_S)])
+        _wait_for(lambda: os.path.exists(agent.socket_path(self.plan.state_dir(vm))), proc,
+                  f"agent in {vm.ns}")
 
     def _start(self, vm: P.Vm, module: str, args: list[str]) -> subprocess.Popen:
         """A lab process in the VM's namespace, recorded for ``down``."""
@@ -195,6 +202,14 @@ class Lab:
         except OSError:
             pass
         return removed
+
+
+def _wait_for(ready, proc: subprocess.Popen, what: str, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise LabError(f"{what} did not start")
+        time.sleep(0.05)
 
 
 def _stop_own_process(pid: int, marker: str) -> bool:
