@@ -37,11 +37,13 @@ def network_config(name: str = "vnetdp", version: str = "1.1.0", **fields) -> di
 
 def invoke(vm_ns: str, bin_dir: str, command: str, conf: dict | bytes | str, container_id: str = "",
            pod_netns: str = "", ifname: str = "eth0", args: str = "", plugin: str = "vnetdp",
-           extra_path: tuple[str, ...] = (), agent: bool = True, timeout: float = 120) -> CniCall:
-    """Run a plugin; ``agent=False`` makes it run the call itself (VNETDP_NO_AGENT)."""
+           extra_path: tuple[str, ...] = (), agent: bool = True, extra_env: dict | None = None,
+           timeout: float = 120) -> CniCall:
+    """Run a plugin with nothing but the CNI variables in its environment (and
+    ``extra_env``); ``agent=False`` makes vnetdp run the call itself."""
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": pod_netns,
            "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": ":".join((bin_dir, *extra_path)),
-           "VNETDP_NO_AGENT": "" if agent else "1"}
+           "VNETDP_NO_AGENT": "" if agent else "1", **(extra_env or {})}
     stdin = conf if isinstance(conf, bytes) else (conf if isinstance(conf, str) else json.dumps(conf)).encode()
     start = time.perf_counter()
     proc = subprocess.run([os.path.join(bin_dir, plugin)], input=stdin, capture_output=True,

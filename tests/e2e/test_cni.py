@@ -1,0 +1,237 @@
+"""The installed CNI plugins in a lab VM, called exactly as runtimes call them:
+every command and version, every error path, DEL/CHECK/GC semantics, Azure
+conflists, chaining with the reference portmap plugin."""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import pathlib
+import socket
+
+import pytest
+from pyroute2 import IPRoute
+
+from vnetdp import endpoint, links, netns
+from vnetdp.cni.attachments import Attachments
+from vnetdp.cni.spec import SUPPORTED_VERSIONS, Code
+from vnetdp.datapath import attach
+from vnetdp.ipam.store import Store
+from vnetdp.lab import cni, probe
+from vnetdp.lab import plan as P
+from vnetdp.lab.shell import in_ns, run
+
+CNI_DIR = pathlib.Path(__file__).resolve().parents[2] / "cni"
+REFERENCE_PLUGINS = "/usr/lib/cni"
+_slots = itertools.count(100)
+
+
+class Pods:
+    """Pod namespaces on VM 2 for one test, removed (DEL, then the netns) afterwards."""
+
+    def __init__(self, lab) -> None:
+        self.lab, self.vm, self.made = lab, lab.plan.vm(2), []
+
+    def netns(self) -> str:
+        ns = self.lab.plan.pod_ns(self.vm, next(_slots))
+        run(["ip", "netns", "add", ns])
+        self.made.append(ns)
+        return ns
+
+    def call(self, command: str, ns: str, conf: dict | None = None, **kw) -> cni.CniCall:
+        return self.lab.cni(self.vm, command, conf, container_id=ns, pod_netns=netns.path_of(ns), **kw)
+
+    def add(self, conf: dict | None = None, **kw) -> tuple[str, cni.CniCall]:
+        ns = self.netns()
+        call = self.call("ADD", ns, conf, **kw)
+        assert call.ok, (call.output, call.stderr)
+        return ns, call
+
+    def cleanup(self) -> None:
+        for ns in self.made:
+            self.call("DEL", ns)
+            run(["ip", "netns", "del", ns], check=False)
+
+    # what the node holds for a container
+    def allocation(self, ns: str) -> str | None:
+        with Store(self.lab.plan.state_dir(self.vm)).transaction() as state:
+            held = state.find(ns, "eth0")
+        return held.address if held else None
+
+    def host_link(self, ns: str) -> bool:
+        with netns.enter(self.vm.ns), IPRoute() as ipr:
+            return bool(ipr.link_lookup(ifname=endpoint.host_ifname(ns, "eth0")))
+
+    def map_entry(self, address: str) -> bool:
+        with netns.enter(self.vm.ns), self.lab.node(self.vm).maps() as m:
+            return m.endpoint(address) is not None
+
+    def gone(self, ns: str, address: str) -> bool:
+        return (self.allocation(ns) is None and not self.host_link(ns) and not self.map_entry(address)
+                and Attachments(self.lab.plan.state_dir(self.vm)).get(ns, "eth0") is None)
+
+
+@pytest.fixture
+def pods(lab):
+    p = Pods(lab)
+    yield p
+    p.cleanup()
+
+
+def address_of(call: cni.CniCall) -> str:
+    return str(ipaddress.IPv4Interface(call.output["ips"][0]["address"]).ip)
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_add_check_del_in_every_version(lab, pods, version):
+    conf = cni.network_config(version=version)
+    ns, added = pods.add(conf)
+    out = added.output
+    assert out["cniVersion"] == version
+    assert ("version" in out["ips"][0]) == version.startswith("0.")
+    assert out["ips"][0]["gateway"] == "169.254.1.1" and out["ips"][0]["address"].endswith("/32")
+    assert out["interfaces"][out["ips"][0]["interface"]]["sandbox"] == netns.path_of(ns)
+    address = address_of(added)
+    assert pods.allocation(ns) == address
+    assert probe.ping(lab.plan.peer, address, count=1).ok
+    if version != "0.3.0" and version != "0.3.1":  # CHECK exists from 0.4.0
+        assert pods.call("CHECK", ns, {**conf, "prevResult": out}).ok
+    assert pods.call("DEL", ns, {**conf, "prevResult": out}).ok
+    assert pods.gone(ns, address)
+    assert pods.call("DEL", ns, conf).ok  # twice: still fine
+
+
+def test_del_after_the_netns_is_gone_releases_everything(lab, pods):
+    ns, added = pods.add()
+    run(["ip", "netns", "del", ns])
+    assert pods.call("DEL", ns).ok
+    assert pods.gone(ns, address_of(added))
+
+
+def _delete_route(pods, ns, address):
+    with netns.enter(pods.vm.ns), IPRoute() as ipr:
+        ipr.route("del", dst=f"{address}/32", scope=links.SCOPE_LINK)
+
+
+def _detach_program(pods, ns, address):
+    node = pods.lab.node(pods.vm)
+    name = endpoint.host_ifname(ns, "eth0")
+    with netns.enter(pods.vm.ns), IPRoute() as ipr:
+        attach.detach(ipr.link_lookup(ifname=name)[0], "tc", node.bpffs.link_pin(name, "tc"))
+
+
+def _delete_map_entry(pods, ns, address):
+    with netns.enter(pods.vm.ns), pods.lab.node(pods.vm).maps() as m:
+        m.delete_endpoint(address)
+
+
+@pytest.mark.parametrize("damage,says", [
+    (_delete_route, "no route"), (_detach_program, "not attached"), (_delete_map_entry, "endpoint entry"),
+], ids=["route", "program", "map-entry"])
+def test_check_finds_what_is_broken_in_the_live_datapath(lab, pods, damage, says):
+    ns, added = pods.add()
+    assert pods.call("CHECK", ns).ok
+    damage(pods, ns, address_of(added))
+    check = pods.call("CHECK", ns)
+    assert check.code == Code.CHECK_FAILED and says in check.output["msg"]
+
+
+def test_check_of_an_unknown_container_is_code_3(lab, pods):
+    assert pods.call("CHECK", pods.netns()).code == Code.UNKNOWN_CONTAINER
+
+
+@pytest.mark.parametrize("conf,kw,code", [
+    (b'{"cniVersion": "1.1.0", "type": "vnetdp"', {}, Code.DECODING_FAILURE),
+    (cni.network_config(version="0.1.0"), {}, Code.INCOMPATIBLE_VERSION),
+    (cni.network_config(nicAttach="ebpf"), {}, Code.INVALID_CONFIG),
+    (cni.network_config(ipam={"type": "no-such-ipam"}), {}, Code.INVALID_CONFIG),
+    (cni.network_config(multiTenancy=True), {}, Code.UNSUPPORTED_FIELD),
+    (cni.network_config(), {"pod_netns": ""}, Code.INVALID_ENV),
+    (cni.network_config(), {"pod_netns": "/run/netns/vnd-no-such-pod"}, Code.INVALID_ENV),
+    (cni.network_config(), {"container_id": ""}, Code.INVALID_ENV),
+], ids=["malformed-stdin", "version", "bad-field", "missing-ipam-plugin", "refused-azure-field",
+        "no-netns", "netns-gone", "no-container-id"])
+def test_bad_input_gets_its_code_and_changes_nothing(lab, pods, conf, kw, code):
+    ns = pods.netns()
+    state_before = open(Store(lab.plan.state_dir(pods.vm)).path).read()
+    args = {"container_id": ns, "pod_netns": netns.path_of(ns), **kw}
+    call = lab.cni(pods.vm, "ADD", conf, **args)
+    assert call.code == code, call.output
+    assert call.output["msg"]
+    assert open(Store(lab.plan.state_dir(pods.vm)).path).read() == state_before
+    assert not pods.host_link(ns)
+
+
+def test_gc_releases_exactly_the_attachments_not_listed(lab, pods):
+    keep, _ = pods.add()
+    drop = [pods.add()[0] for _ in range(2)]
+    dropped = {ns: pods.allocation(ns) for ns in drop}
+    session_pod = lab.plan.pod_ns(pods.vm, 1)
+    valid = [{"containerID": c, "ifname": "eth0"} for c in (keep, session_pod)]
+    gc = lab.cni(pods.vm, "GC", cni.network_config(**{"cni.dev/valid-attachments": valid}))
+    assert gc.ok, gc.output
+    for ns, address in dropped.items():
+        assert pods.gone(ns, address)
+    assert pods.call("CHECK", keep).ok
+    assert lab.cni(pods.vm, "CHECK", container_id=session_pod,
+                   pod_netns=netns.path_of(session_pod)).ok
+
+
+def test_status_and_version(lab, pods):
+    assert lab.cni(pods.vm, "STATUS").ok
+    version = lab.cni(pods.vm, "VERSION", {"cniVersion": "1.0.0"})
+    assert version.output["supportedVersions"] == list(SUPPORTED_VERSIONS)
+
+
+def test_in_process_path_gives_the_same_result_as_the_agent(lab, pods):
+    ns, via_agent = pods.add()
+    ns2, in_process = pods.add(agent=False)
+    strip = lambda out: json.dumps(out["ips"][0]["gateway"]) + str(sorted(out))  # noqa: E731
+    assert strip(via_agent.output) == strip(in_process.output)
+    assert pods.call("DEL", ns2, agent=False).ok and pods.gone(ns2, address_of(in_process))
+
+
+def azure_entry(name: str) -> dict:
+    conflist = json.loads((CNI_DIR / name).read_text())
+    entry = {**conflist["plugins"][0], "cniVersion": conflist["cniVersion"], "name": conflist["name"]}
+    entry["type"], entry["ipam"] = "vnetdp", {**entry["ipam"], "type": "vnetdp-ipam"}
+    return entry
+
+
+@pytest.mark.parametrize("name", ["azure-linux.conflist", "azure-linux-transparent.conflist"])
+def test_azure_conflists_work_after_renaming_the_types(lab, pods, name):
+    conf = azure_entry(name)
+    ns, added = pods.add(conf)
+    assert added.output["cniVersion"] == "0.3.0"
+    assert "accepted and ignored: networkMonitor" in added.stderr
+    with netns.enter(pods.vm.ns), lab.node(pods.vm).maps() as m:
+        cidrs = m.cidrs()
+    assert cidrs[ipaddress.IPv4Network("169.254.20.10/32")].name == "HOST"  # ipsToRouteViaHost
+    assert probe.ping(lab.plan.pod_ns(lab.plan.vm(1), 1), address_of(added), count=1).ok
+    assert pods.call("DEL", ns, conf).ok
+
+
+def test_reference_portmap_chained_after_vnetdp_maps_a_host_port(lab, pods):
+    conf = cni.network_config(version="1.0.0")
+    ns, added = pods.add(conf)
+    address = address_of(added)
+    portmap = {"cniVersion": "1.0.0", "name": "vnetdp", "type": "portmap", "snat": True,
+               "capabilities": {"portMappings": True}, "prevResult": added.output,
+               "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]}}
+    call = dict(container_id=ns, pod_netns=netns.path_of(ns), plugin="portmap",
+                extra_env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})  # portmap runs iptables
+    mapped = cni.invoke(pods.vm.ns, REFERENCE_PLUGINS, "ADD", portmap, **call)
+    try:
+        assert mapped.ok, mapped.output
+        with netns.enter(ns):
+            server = socket.create_server((address, 8080))
+        with server:
+            client = in_ns(pods.vm.ns, ["python3", "-c",
+                                        f"import socket; socket.create_connection(('{pods.vm.primary}', 18080), 3)"],
+                           check=False)
+            server.settimeout(3)
+            conn, peer = server.accept()
+            conn.close()
+        assert client.returncode == 0, client.stderr
+    finally:
+        cni.invoke(pods.vm.ns, REFERENCE_PLUGINS, "DEL", portmap, **call)
