@@ -56,3 +56,37 @@ def _iperf_json(out: str) -> dict:
         return json.loads(out)
     except ValueError:
         return {"error": out.strip()[-200:] or "no output"}
+
+
+def icmp_sweep(src_ns: str, addresses: list[str], timeout: float = 3.0) -> set[str]:
+    """The addresses that answer one ICMP echo each, sent at once from ``src_ns``."""
+    import os
+    import select
+    import socket
+    import struct
+
+    from vnetdp import netns
+
+    def checksum(data: bytes) -> int:
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        total = (total & 0xFFFF) + (total >> 16)
+        return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+
+    ident = os.getpid() & 0xFFFF
+    with netns.enter(src_ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    answered: set[str] = set()
+    with sock:
+        for seq, addr in enumerate(addresses):
+            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            sock.sendto(struct.pack("!BBHHH", 8, 0, checksum(header), ident, seq), (addr, 0))
+        deadline = time.monotonic() + timeout
+        while len(answered) < len(addresses) and time.monotonic() < deadline:
+            if not select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            packet, (src, _) = sock.recvfrom(1500)
+            ihl = (packet[0] & 0xF) * 4
+            kind, _, _, rid, _ = struct.unpack("!BBHHH", packet[ihl:ihl + 8])
+            if kind == 0 and rid == ident:
+                answered.add(src)
+    return answered
