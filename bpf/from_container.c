@@ -3,7 +3,8 @@
  * SPEC §5 "From a pod": anti-spoofing, ARP answered locally, pod-to-pod
  * switching on the host, VNet traffic out of the NIC to the fabric gateway,
  * traffic beyond the VNet source-translated to the primary IP, and the
- * host's own addresses to the host stack.
+ * host's own addresses, and replies in flows the host stack delivered, to
+ * the host stack.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -12,6 +13,7 @@
 #include "lib/arp.h"
 #include "lib/pull.h"
 #include "lib/snat.h"
+#include "lib/host_flows.h"
 
 /* The endpoint behind this veth if (saddr, smac) are its own, else a drop verdict. */
 static __always_inline struct vnd_endpoint *
@@ -92,7 +94,8 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 {
 	struct ethhdr *eth = pkt_data(p);
 	struct iphdr *ip = ipv4_header(eth, pkt_end(p));
-	struct vnd_endpoint *dst;
+	struct vnd_endpoint *src, *dst;
+	struct vnd_flow_key flow;
 	struct vnd_node *node;
 	__u8 dest;
 
@@ -100,7 +103,8 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 		verdict_drop(v, VND_DROP_MALFORMED);
 		return;
 	}
-	if (!source_endpoint(((struct __sk_buff *)p->ctx)->ifindex, ip->saddr, eth->h_source, v))
+	src = source_endpoint(((struct __sk_buff *)p->ctx)->ifindex, ip->saddr, eth->h_source, v);
+	if (!src)
 		return;
 	node = node_config();
 	if (!node) {
@@ -110,6 +114,11 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 	dest = dest_class(ip->daddr);
 	if (dest == VND_DEST_HOST) {
 		verdict_set(v, VND_HOW_PASS, 0, VND_FWD_HOST);
+		return;
+	}
+	if ((src->flags & VND_EP_HOST_FLOWS) &&
+	    !host_flow_key(p, ip, ip->saddr, ip->daddr, 1, &flow) && vnd_host_flows.lookup(&flow)) {
+		verdict_set(v, VND_HOW_PASS, 0, VND_FWD_HOST_FLOW);
 		return;
 	}
 	dst = vnd_endpoints.lookup(&ip->daddr);

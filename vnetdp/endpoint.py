@@ -1,8 +1,8 @@
 """The plumbing of one pod endpoint, shared by the CNI plugin and the lab.
 
 Host side: a veth end named ``vnd`` + 11 hex digits of a hash of (container
-ID, ifname), up, with a /32 route and permanent neighbour for the pod address
-and ``from_container`` attached at tc ingress. Pod side: the address as /32,
+ID, ifname), up, with a /32 route and permanent neighbour for the pod address,
+``from_container`` attached at tc ingress and ``to_container`` at tc egress. Pod side: the address as /32,
 ``169.254.1.1`` as an on-link gateway with a permanent neighbour entry for the
 host end's MAC, a default route through it. The datapath's endpoint map gets
 the pod's address, MACs and host ifindex.
@@ -28,6 +28,7 @@ from vnetdp.datapath.node import NodeDatapath
 
 POD_GATEWAY = ipaddress.IPv4Address("169.254.1.1")
 POD_XDP_HOOK = "podxdp"  # pin name part of the pod end's XDP link
+POD_PROGRAMS = {"tc": "from_container", "egress": "to_container"}  # on the host end, by hook
 
 
 def host_ifname(container_id: str, ifname: str) -> str:
@@ -82,11 +83,12 @@ def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
         with node.maps() as m:
             m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac))
             undo.callback(_forget, node, address, host.index)
-        fd = node.datapath.prog_fd("from_container")
-        fds.callback(os.close, fd)
-        pin = node.bpffs.link_pin(name, "tc")
-        undo.callback(attach.detach, host.index, "tc", pin, ipr)
-        attach.ensure(fd, host.index, "tc", pin, node.settings.pod_attach_mode, ipr, fresh=True)
+        for hook, prog in POD_PROGRAMS.items():
+            fd = node.datapath.prog_fd(prog)
+            fds.callback(os.close, fd)
+            pin = node.bpffs.link_pin(name, hook)
+            undo.callback(attach.detach, host.index, hook, pin, ipr)
+            attach.ensure(fd, host.index, hook, pin, node.settings.pod_attach_mode, ipr, fresh=True)
         undo.pop_all()  # success: keep everything
         return EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
                             host.mac, pod_mac, mtu)
@@ -126,7 +128,8 @@ def delete(node: NodeDatapath, container_id: str, ifname: str,
             ifindex: int | None = links.get_link(ipr, name).index
         except links.LinkNotFound:
             ifindex = None
-        attach.detach(ifindex, "tc", node.bpffs.link_pin(name, "tc"))
+        for hook in POD_PROGRAMS:  # pins only: deleting the veth removes clsact filters
+            attach.detach(None, hook, node.bpffs.link_pin(name, hook), ipr)
         links.delete_link(ipr, name)
     attach.detach(None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
     if os.path.isdir(node.bpffs.maps_dir):
@@ -150,7 +153,7 @@ def remove_strays(node: NodeDatapath, keep: set[str]) -> list[str]:
     if os.path.isdir(node.bpffs.links_dir):
         for pin in os.listdir(node.bpffs.links_dir):
             hook, _, name = pin.partition("-")
-            if hook in ("tc", POD_XDP_HOOK) and _is_host_ifname(name):
+            if (hook in POD_PROGRAMS or hook == POD_XDP_HOOK) and _is_host_ifname(name):
                 names.add(name)
     strays = sorted(names - keep)
     for name in strays:
@@ -182,13 +185,14 @@ def check(node: NodeDatapath, container_id: str, ifname: str, netns_path: str,
         ep = m.endpoint(address)
     if ep is None or ep.ifindex != host.index:
         problems.append(f"datapath has no endpoint entry for {address} on {name}")
-    fd = node.datapath.prog_fd("from_container")
-    try:
-        current = attach.attached(host.index, "tc", node.bpffs.link_pin(name, "tc"))
-        if current is None or current.prog_id != syscall.prog_id(fd):
-            problems.append(f"from_container is not attached to {name}")
-    finally:
-        os.close(fd)
+    for hook, prog in POD_PROGRAMS.items():
+        fd = node.datapath.prog_fd(prog)
+        try:
+            current = attach.attached(host.index, hook, node.bpffs.link_pin(name, hook))
+            if current is None or current.prog_id != syscall.prog_id(fd):
+                problems.append(f"{prog} is not attached to {name}")
+        finally:
+            os.close(fd)
     try:
         with netns.enter(netns_path), IPRoute() as ipr:
             pod = links.get_link(ipr, ifname)

@@ -17,16 +17,31 @@
 #ifndef VND_MAX_METRICS
 #define VND_MAX_METRICS 16384
 #endif
+#ifndef VND_MAX_HOST_FLOWS
+#define VND_MAX_HOST_FLOWS 16384
+#endif
 #ifndef VND_MAX_SNAT
 #define VND_MAX_SNAT 131072     /* entries, two per translated flow */
 #endif
+
+#define VND_EP_HOST_FLOWS 1     /* the host stack has delivered flows to this pod */
 
 /* A pod on this node, keyed by its IPv4 address (network order). */
 struct vnd_endpoint {
 	__u32 ifindex;          /* host end of the pod's veth */
 	__u8 pod_mac[6];
 	__u8 host_mac[6];
-	__u32 flags;            /* reserved, 0 */
+	__u32 flags;            /* VND_EP_*, set by the datapath */
+};
+
+/* A flow the host stack delivered to a pod, as the pod's replies carry it. */
+struct vnd_flow_key {
+	__be32 pod;
+	__be32 remote;
+	__be16 pod_port;
+	__be16 remote_port;
+	__u8 proto;
+	__u8 pad[3];
 };
 
 #define VND_NODE_LOCAL_SWITCHING 1
@@ -103,6 +118,9 @@ BPF_TABLE_PINNED("lpm_trie", struct vnd_cidr_key, __u8, vnd_vnet_cidrs,
 		 VND_MAX_CIDRS, VND_MAPS_DIR "/vnet_cidrs", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("percpu_hash", struct vnd_metrics_key, struct vnd_metrics_val,
 		 vnd_metrics, VND_MAX_METRICS, VND_MAPS_DIR "/metrics");
+/* LRU: an evicted entry only sends a long-idle reply the datapath's way. */
+BPF_TABLE_PINNED("lru_hash", struct vnd_flow_key, __u64, vnd_host_flows,
+		 VND_MAX_HOST_FLOWS, VND_MAPS_DIR "/host_flows");
 /* A plain bounded hash, not LRU: when it is full a new flow is a counted drop,
  * where LRU would silently evict one direction of a live flow. */
 BPF_TABLE_PINNED("hash", struct vnd_snat_key, struct vnd_snat_val, vnd_snat,

@@ -18,6 +18,7 @@ enum vnd_reason {
 	VND_FWD_SNAT = 8,           /* pod to outside the VNet, source translated to the primary IP */
 	VND_FWD_SNAT_REPLY = 9,     /* from the NIC: reply of a translated flow, into its pod */
 	VND_FWD_SNAT_ICMP_ERROR = 10, /* from the NIC: ICMP error quoting a translated packet, into its pod */
+	VND_FWD_HOST_FLOW = 11,     /* pod's reply in a flow the host stack delivered (e.g. DNAT): back to the host */
 	VND_DROP_SPOOF_IP = 64,     /* source IPv4 is not the endpoint's */
 	VND_DROP_SPOOF_MAC = 65,    /* source MAC is not the endpoint's */
 	VND_DROP_MALFORMED = 66,    /* truncated or invalid header */

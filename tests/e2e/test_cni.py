@@ -212,6 +212,7 @@ def test_azure_conflists_work_after_renaming_the_types(lab, pods, name):
 
 
 def test_reference_portmap_chained_after_vnetdp_maps_a_host_port(lab, pods):
+    """From another VM: the pod's replies must go back through the host's conntrack."""
     conf = cni.network_config(version="1.0.0")
     ns, added = pods.add(conf)
     address = address_of(added)
@@ -226,12 +227,13 @@ def test_reference_portmap_chained_after_vnetdp_maps_a_host_port(lab, pods):
         with netns.enter(ns):
             server = socket.create_server((address, 8080))
         with server:
-            client = in_ns(pods.vm.ns, ["python3", "-c",
+            client = in_ns(lab.plan.peer, ["python3", "-c",
                                         f"import socket; socket.create_connection(('{pods.vm.primary}', 18080), 3)"],
                            check=False)
             server.settimeout(3)
             conn, peer = server.accept()
             conn.close()
         assert client.returncode == 0, client.stderr
+        assert peer[0] == str(P.PEER_IP)
     finally:
         cni.invoke(pods.vm.ns, REFERENCE_PLUGINS, "DEL", portmap, **call)

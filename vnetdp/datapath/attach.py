@@ -1,6 +1,6 @@
 """Attaching pinned programs to devices, idempotently.
 
-Hooks: ``tc`` (ingress) and ``xdp``. ``tc`` uses tcx where the kernel has it
+Hooks: ``tc`` (ingress), ``egress`` (tc egress) and ``xdp``. tc hooks use tcx where the kernel has it
 (a BPF link, pinned because the CNI process exits at once: SPEC §9) and else a
 clsact qdisc with a direct-action filter, which outlives its creator by
 itself. ``xdp`` is always a pinned BPF link. Everything works on the calling
@@ -20,7 +20,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vnetdp.datapath import syscall
 from vnetdp.datapath.bpffs import remove_pin
 
-CLSACT_INGRESS = "ffff:fff2"
+CLSACT_PARENTS = {"tc": "ffff:fff2", "egress": "ffff:fff3"}
+TCX_ATTACH_TYPES = {"tc": syscall.ATTACH_TCX_INGRESS, "egress": syscall.ATTACH_TCX_EGRESS}
 FILTER_PRIO = 1
 FILTER_NAME = "vnetdp"
 MODES = ("auto", "tcx", "clsact")
@@ -31,7 +32,7 @@ class Attachment:
     """What is attached at one hook of one device."""
 
     ifindex: int
-    hook: str          # "tc" or "xdp"
+    hook: str          # "tc", "egress" or "xdp"
     mechanism: str     # "tcx", "clsact" or "xdp-link"
     prog_id: int
 
@@ -60,14 +61,16 @@ def _link_attachment(pin: str) -> Attachment | None:
         os.close(fd)
     if info.ifindex == 0:  # device gone: the link is defunct
         return None
-    hook = "xdp" if info.type == syscall.LINK_TYPE_XDP else "tc"
-    return Attachment(info.ifindex, hook, "xdp-link" if hook == "xdp" else "tcx", info.prog_id)
+    if info.type == syscall.LINK_TYPE_XDP:
+        return Attachment(info.ifindex, "xdp", "xdp-link", info.prog_id)
+    hook = "egress" if info.attach_type == syscall.ATTACH_TCX_EGRESS else "tc"
+    return Attachment(info.ifindex, hook, "tcx", info.prog_id)
 
 
-def _clsact_attachment(ifindex: int, ipr: IPRoute | None) -> Attachment | None:
+def _clsact_attachment(ifindex: int, hook: str, ipr: IPRoute | None) -> Attachment | None:
     with _rtnl(ipr) as ipr:
         try:
-            filters = ipr.get_filters(index=ifindex, parent=CLSACT_INGRESS)
+            filters = ipr.get_filters(index=ifindex, parent=CLSACT_PARENTS[hook])
         except NetlinkError as e:
             if e.code in (errno.EINVAL, errno.ENODEV, errno.ENOENT):
                 return None
@@ -76,7 +79,7 @@ def _clsact_attachment(ifindex: int, ipr: IPRoute | None) -> Attachment | None:
         opts = f.get_attr("TCA_OPTIONS")
         name = opts.get_attr("TCA_BPF_NAME", "") if opts is not None else ""
         if name.startswith(FILTER_NAME + "-"):
-            return Attachment(ifindex, "tc", "clsact", int(name.rpartition("-")[2]))
+            return Attachment(ifindex, hook, "clsact", int(name.rpartition("-")[2]))
     return None
 
 
@@ -85,7 +88,7 @@ def attached(ifindex: int, hook: str, pin: str, ipr: IPRoute | None = None) -> A
     link = _link_attachment(pin)
     if link is not None and link.ifindex == ifindex:
         return link
-    return _clsact_attachment(ifindex, ipr) if hook == "tc" else None
+    return _clsact_attachment(ifindex, hook, ipr) if hook in CLSACT_PARENTS else None
 
 
 def _attach_link(prog_fd: int, ifindex: int, attach_type: int, pin: str) -> None:
@@ -99,7 +102,7 @@ def _attach_link(prog_fd: int, ifindex: int, attach_type: int, pin: str) -> None
         os.close(fd)
 
 
-def _attach_clsact(prog_fd: int, ifindex: int, ipr: IPRoute | None) -> None:
+def _attach_clsact(prog_fd: int, ifindex: int, hook: str, ipr: IPRoute | None) -> None:
     with _rtnl(ipr) as ipr:
         try:
             ipr.tc("add", "clsact", index=ifindex)
@@ -108,7 +111,7 @@ def _attach_clsact(prog_fd: int, ifindex: int, ipr: IPRoute | None) -> None:
                 raise
         # The filter's name carries the program id: pyroute2 does not decode TCA_BPF_ID.
         ipr.tc("replace-filter", "bpf", index=ifindex, handle=1, prio=FILTER_PRIO,
-               parent=CLSACT_INGRESS, fd=prog_fd, name=f"{FILTER_NAME}-{syscall.prog_id(prog_fd)}",
+               parent=CLSACT_PARENTS[hook], fd=prog_fd, name=f"{FILTER_NAME}-{syscall.prog_id(prog_fd)}",
                direct_action=True)
 
 
@@ -124,14 +127,14 @@ def ensure(prog_fd: int, ifindex: int, hook: str, pin: str, mode: str = "auto",
     if hook == "xdp":
         _attach_link(prog_fd, ifindex, syscall.ATTACH_XDP, pin)
     elif mode == "clsact":
-        _attach_clsact(prog_fd, ifindex, ipr)
+        _attach_clsact(prog_fd, ifindex, hook, ipr)
     else:
         try:
-            _attach_link(prog_fd, ifindex, syscall.ATTACH_TCX_INGRESS, pin)
+            _attach_link(prog_fd, ifindex, TCX_ATTACH_TYPES[hook], pin)
         except syscall.BpfError as e:
             if mode == "tcx" or e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise
-            _attach_clsact(prog_fd, ifindex, ipr)
+            _attach_clsact(prog_fd, ifindex, hook, ipr)
     result = attached(ifindex, hook, pin, ipr)
     if result is None:
         raise RuntimeError(f"attaching to ifindex {ifindex} ({hook}) did not take")
@@ -154,11 +157,11 @@ def detach(ifindex: int | None, hook: str, pin: str, ipr: IPRoute | None = None)
         finally:
             os.close(fd)
         remove_pin(pin)
-    if hook == "tc" and ifindex is not None:
+    if hook in CLSACT_PARENTS and ifindex is not None:
         with _rtnl(ipr) as ipr:
             try:
                 ipr.tc("del-filter", "bpf", index=ifindex, handle=1, prio=FILTER_PRIO,
-                       parent=CLSACT_INGRESS)
+                       parent=CLSACT_PARENTS[hook])
             except NetlinkError as e:
                 if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                     raise

@@ -24,6 +24,7 @@ from vnetdp.paths import BPF_DIR
 #: program name -> (source file, program type: "tc" or "xdp")
 PROGRAMS: dict[str, tuple[str, str]] = {
     "from_container": ("from_container.c", "tc"),
+    "to_container": ("to_container.c", "tc"),
     "from_nic": ("from_nic.c", "tc"),
     "from_nic_xdp": ("from_nic.c", "xdp"),
     "pod_xdp_pass": ("from_nic.c", "xdp"),

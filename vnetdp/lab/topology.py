@@ -96,6 +96,8 @@ class Lab:
         self._host(p.inet, ipaddress.IPv4Interface(f"{P.INET_IP}/24"), P.INET_FABRIC_IP)
         for vm in p.all_vms:
             self._host(vm.ns, vm.primary, P.GATEWAY)
+            # A node forwards, as Kubernetes nodes do: host-stack paths (hostPorts) need it.
+            run(["ip", "netns", "exec", vm.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
             os.makedirs(p.state_dir(vm), exist_ok=True)
             self._record("mounts", p.bpffs_dir(vm))
             bpffs.mount(p.bpffs_dir(vm))
