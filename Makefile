@@ -4,9 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vnetdp-setup
 APT_PACKAGES := python3-bpfcc python3-venv iproute2 nftables iptables iperf3 iputils-ping ethtool \
-                containernetworking-plugins
+                containernetworking-plugins sockperf ebtables python3-matplotlib
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -ra
+
+bench: setup
+	$(VENV)/bin/vnetdp bench --out bench/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,6 +10,7 @@ Examples:
   vnetdp install [--cni-bin-dir D] [--cni-conf-dir D]   CNI plugins + compiled datapath
   vnetdp ipam show|rebuild --state-dir DIR          the IPAM state of a node
   vnetdp agent [--state-dir D] [--bpffs-dir D]      node agent: CNI fast path, SNAT sweeps
+  vnetdp bench [--quick] [--out DIR]                the benchmark (SPEC §8)
 """
 from __future__ import annotations
 
@@ -130,6 +131,15 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from bench import report, run
+
+    results = run.run("quick" if args.quick else "full", args.out)
+    print(report.markdown(results))
+    print(f"written to {args.out}")
+    return 0
+
+
 def _node_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bpffs-dir", required=True, help="the node's pin directory")
     parser.add_argument("--netns", help="the node's network namespace, if not this one")
@@ -176,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     agent.add_argument("--sweep-every", type=float, default=2.0, help="seconds between SNAT sweeps")
     agent.set_defaults(func=_agent)
+    bench = sub.add_parser("bench", help="benchmark against the kernel bridge and a bare veth")
+    bench.add_argument("--quick", action="store_true", help="under 5 minutes (default: full run, under 30)")
+    bench.add_argument("--out", default="bench/results", help="directory for JSON, Markdown and charts")
+    bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
