@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vnetdp-setup
 APT_PACKAGES := python3-bpfcc python3-venv iproute2 nftables iptables iperf3 iputils-ping ethtool \
-                containernetworking-plugins sockperf ebtables python3-matplotlib
+                containernetworking-plugins sockperf ebtables python3-matplotlib \
+                podman busybox-static
 
 .PHONY: setup demo test bench clean
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -83,6 +84,7 @@ def run(mode_name: str = "quick", out_dir: str | None = None, topologies: list[s
     results: dict = {"mode": mode.name, "machine": machine(), "started": datetime.datetime.now().isoformat(),
                      "samples": [], "scale": [], "programs": [], "cni": {}}
     topos = T.build(names)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stopped run still tears down
     try:
         for topo in topos:
             topo.up()

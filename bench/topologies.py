@@ -21,7 +21,6 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from vnetdp import netns
 from vnetdp.lab import cni, fabric
 from vnetdp.lab import plan as P
 from vnetdp.lab.demo import counters as bpf_counters

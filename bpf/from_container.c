@@ -81,13 +81,9 @@ static __always_inline void to_outside(struct vnd_pkt *p, struct ethhdr *eth, st
 		verdict_drop(v, err);
 		return;
 	}
-	eth = pkt_data(p);
-	ip = ipv4_header(eth, pkt_end(p));
-	if (!ip) {
-		verdict_drop(v, VND_DROP_MALFORMED);
-		return;
-	}
-	to_fabric(node, eth, ip, v, VND_FWD_SNAT);
+	ip = reread_ipv4(p, &eth, v);
+	if (ip)
+		to_fabric(node, eth, ip, v, VND_FWD_SNAT);
 }
 
 static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v)

@@ -47,12 +47,9 @@ static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
 			verdict_drop(v, reason);
 			return;
 		}
-		eth = pkt_data(p);
-		ip = ipv4_header(eth, pkt_end(p));
-		if (!ip) {
-			verdict_drop(v, VND_DROP_MALFORMED);
+		ip = reread_ipv4(p, &eth, v);
+		if (!ip)
 			return;
-		}
 	}
 	v->metric_ifindex = ep->ifindex;
 	v->dir = VND_DIR_TO_POD;

@@ -21,6 +21,9 @@
 #define VND_SNAT_RETRIES 32     /* random ports tried after the first choice */
 #endif
 #define VND_SNAT_TOUCH_NS 1000000000ULL
+#ifndef VND_SNAT_REUSE_NS
+#define VND_SNAT_REUSE_NS 2000000000ULL /* a closed flow's port is free after this */
+#endif
 #define VND_EEXIST 17
 #define VND_IP_MF_OFFSET 0x3fff /* more-fragments flag and fragment offset */
 #define VND_TCP_FIN 0x01
@@ -137,6 +140,26 @@ static __always_inline void snat_touch(struct vnd_snat_val *val, const struct vn
 	}
 }
 
+/*
+ * Take over a port whose flow toward this destination has closed (FIN or RST
+ * seen in reply, then quiet for VND_SNAT_REUSE_NS), as conntrack reuses a
+ * TIME_WAIT tuple for a new SYN; without it a busy destination would run out
+ * of ports while closed flows wait for the sweep. Returns 1 when the port is
+ * free now.
+ */
+static __always_inline int snat_reclaim(const struct vnd_snat_key *in_key, __u64 now)
+{
+	struct vnd_snat_val *old = vnd_snat.lookup(in_key);
+	struct vnd_snat_key out_key;
+
+	if (!old || !(old->flags & VND_SNAT_CLOSING) || now - old->last_seen < VND_SNAT_REUSE_NS)
+		return 0;
+	snat_reverse_key(&out_key, in_key, old);
+	vnd_snat.delete(&out_key);
+	vnd_snat.delete(in_key);
+	return 1;
+}
+
 static __always_inline __u16 snat_random_port(__u16 min, __u32 range)
 {
 	return min + bpf_get_prandom_u32() % range;
@@ -170,6 +193,8 @@ static __always_inline int snat_create(struct vnd_snat_key *out_key,
 	for (i = 0; i <= VND_SNAT_RETRIES; i++) {
 		in_key.dport = bpf_htons(port);
 		err = vnd_snat.insert(&in_key, &in_val);
+		if (err == -VND_EEXIST && out_key->proto == IPPROTO_TCP && snat_reclaim(&in_key, now))
+			err = vnd_snat.insert(&in_key, &in_val);
 		if (err != -VND_EEXIST)
 			break;
 		port = snat_random_port(min, range);

@@ -40,7 +40,8 @@ class Run:
 @pytest.fixture(scope="session")
 def datapath(bpffs_mount: str, tmp_path_factory) -> Datapath:
     dp = Datapath(Bpffs(os.path.join(bpffs_mount, "pkt")), str(tmp_path_factory.mktemp("lock")),
-                  cflags=("-DVND_TEST_TRACE", f"-DVND_MAX_SNAT={SNAT_TABLE_SIZE}"))
+                  cflags=("-DVND_TEST_TRACE", f"-DVND_MAX_SNAT={SNAT_TABLE_SIZE}",
+                          "-DVND_SNAT_REUSE_NS=0"))
     dp.ensure_loaded()
     return dp
 

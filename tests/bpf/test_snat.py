@@ -3,10 +3,10 @@ from_container, reverse translation in from_nic and from_nic_xdp."""
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror, ICMPerror
+from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror
 from scapy.layers.l2 import Ether
 
-from conftest import (GW_MAC, NIC_IFINDEX, NIC_MAC, POD_A, POD_B, PRIMARY, SNAT_TABLE_SIZE,
+from conftest import (GW_MAC, NIC_IFINDEX, NIC_MAC, POD_A, PRIMARY, SNAT_TABLE_SIZE,
                       TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS, XDP_REDIRECT,
                       checksums_ok, metric)
 from vnetdp.datapath import maps as M
@@ -173,6 +173,20 @@ def test_exhausted_port_range_is_a_counted_drop_per_destination(maps, run):
     assert metric(maps, A.ifindex, "DROP_SNAT_NO_PORT") == 1
     other = run("from_container", from_pod(UDP(sport=40001, dport=54)))  # another destination
     assert other.retval == TC_ACT_REDIRECT and other.frame[UDP].sport == 61000
+
+
+def test_a_closed_tcp_flows_port_is_taken_over_by_a_new_flow(maps, run):
+    """As conntrack reuses TIME_WAIT tuples (the test build has no quiet time)."""
+    set_node(maps, snat_port_min=61000, snat_port_max=61000)
+    syn = lambda sport: from_pod(TCP(sport=sport, dport=80, flags="S"))  # noqa: E731
+    assert run("from_container", syn(40000)).frame[TCP].sport == 61000
+    assert run("from_container", syn(40001)).retval == TC_ACT_SHOT       # still open: no port
+    run("from_container", from_pod(TCP(sport=40000, dport=80, flags="FA")))
+    assert run("from_container", syn(40001)).retval == TC_ACT_SHOT       # only our side closed
+    run("from_nic", from_inet(TCP(sport=80, dport=61000, flags="FA")))
+    r = run("from_container", syn(40001))
+    assert r.retval == TC_ACT_REDIRECT and r.frame[TCP].sport == 61000
+    assert {e.sport for e in maps.snat_entries() if e.direction == M.SNAT_OUT} == {40001}
 
 
 def test_full_table_drops_new_flows_and_keeps_existing_ones(maps, run):

@@ -2,7 +2,6 @@
 code and changes nothing, results look as each version wants."""
 from __future__ import annotations
 
-import io
 import json
 import pathlib
 

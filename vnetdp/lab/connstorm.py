@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from vnetdp import netns
 
+CONNECT_TIMEOUT_S = 5
+
 
 def ns_socket(ns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A socket that lives in ``ns``."""
@@ -21,8 +23,16 @@ def ns_socket(ns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
         return socket.socket(socket.AF_INET, kind)
 
 
+@dataclass(frozen=True)
+class Session:
+    peer: tuple[str, int]   # the source the server saw
+    opened: float           # time.monotonic()
+    closed: float
+
+
 class EchoServer:
-    """Echoes each line prefixed with the source it came from ("ip:port ")."""
+    """Echoes each line prefixed with the source it came from ("ip:port ");
+    keeps when each source was connected (``sessions``)."""
 
     def __init__(self, ns: str, addr: str, port: int) -> None:
         self.listener = ns_socket(ns)
@@ -30,9 +40,10 @@ class EchoServer:
         self.listener.bind((addr, port))
         self.listener.setblocking(False)
         self.addr = (addr, port)
+        self.sessions: list[Session] = []
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+        peer, opened = writer.get_extra_info("peername"), time.monotonic()
         try:
             while line := await reader.readline():
                 writer.write(f"{peer[0]}:{peer[1]} ".encode() + line)
@@ -40,6 +51,7 @@ class EchoServer:
         except ConnectionError:
             pass
         writer.close()
+        self.sessions.append(Session(tuple(peer), opened, time.monotonic()))
 
     async def start(self) -> asyncio.Server:
         return await asyncio.start_server(self._serve, sock=self.listener, backlog=4096)
@@ -52,8 +64,8 @@ async def open_from(ns: str, dest: tuple[str, int], sport: int = 0
     s.setblocking(False)
     if sport:
         s.bind(("0.0.0.0", sport))
-    try:
-        await asyncio.get_running_loop().sock_connect(s, dest)
+    try:  # a lost SYN is a failure to count, not minutes of retransmission
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, dest), CONNECT_TIMEOUT_S)
     except BaseException:
         s.close()
         raise
