@@ -147,7 +147,7 @@ static __always_inline void snat_touch(struct vnd_snat_val *val, const struct vn
  * of ports while closed flows wait for the sweep. Returns 1 when the port is
  * free now.
  */
-static __always_inline int snat_reclaim(const struct vnd_snat_key *in_key, __u64 now)
+static __always_inline int snat_reclaim(struct vnd_snat_key *in_key, __u64 now)
 {
 	struct vnd_snat_val *old = vnd_snat.lookup(in_key);
 	struct vnd_snat_key out_key;

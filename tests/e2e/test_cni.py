@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import os
 import pathlib
 import socket
 
@@ -237,3 +238,20 @@ def test_reference_portmap_chained_after_vnetdp_maps_a_host_port(lab, pods):
         assert peer[0] == str(P.PEER_IP)
     finally:
         cni.invoke(pods.vm.ns, REFERENCE_PLUGINS, "DEL", portmap, **call)
+
+
+def test_other_ipam_plugins_are_called_through_cni_path(lab, pods, tmp_path):
+    """ipam.type host-local: the reference plugin runs as a process found in CNI_PATH."""
+    conf = cni.network_config(version="1.0.0",  # Debian's reference plugins stop at 1.0.0
+                              ipam={"type": "host-local", "dataDir": str(tmp_path),
+                                    "ranges": [[{"subnet": "10.3.0.0/16", "rangeStart": "10.3.2.200",
+                                                 "rangeEnd": "10.3.2.201"}]]})
+    ns, added = pods.add(conf, extra_path=(REFERENCE_PLUGINS,))
+    assert address_of(added) in ("10.3.2.200", "10.3.2.201")
+    assert pods.allocation(ns) is None  # vnetdp-ipam was not involved
+    # (from the VM itself: the lab fabric routes only the NIC's own secondary addresses)
+    assert probe.ping(pods.vm.ns, address_of(added), count=1).ok
+    held = [f for f in os.listdir(tmp_path / "vnetdp") if f.startswith("10.3.")]
+    assert held == [address_of(added)]
+    assert pods.call("DEL", ns, conf, extra_path=(REFERENCE_PLUGINS,)).ok
+    assert not [f for f in os.listdir(tmp_path / "vnetdp") if f.startswith("10.3.")]

@@ -10,7 +10,7 @@ import pytest
 from vnetdp.cni.attachments import Attachments, Record
 from vnetdp.cni.spec import CniError, Code
 from vnetdp.ipam import plugin
-from vnetdp.ipam.sources import Pool, parse_document, pools_of, static_pools
+from vnetdp.ipam.sources import Pool, load_pools, parse_document, pools_of, static_pools
 from vnetdp.ipam.store import Store
 
 IP = ipaddress.IPv4Address
@@ -65,6 +65,27 @@ def test_broken_documents_are_a_clear_source_error(text):
     with pytest.raises(CniError) as e:
         parse_document(text)
     assert e.value.code == Code.SOURCE_UNAVAILABLE
+
+
+@pytest.mark.parametrize("form", ["xml", "json"])
+def test_file_source_reads_either_form(tmp_path, form):
+    doc = tmp_path / f"interfaces.{form}"
+    doc.write_text(XML if form == "xml" else json.dumps({"Interfaces": [{"MacAddress": "*", "IPSubnets": [
+        {"Prefix": "10.3.0.0/16", "IPAddresses": [{"Address": "10.3.1.1", "IsPrimary": False}]}]}]}))
+    pools = load_pools({"environment": "file", "file": str(doc)}, None)
+    assert str(pools[0].subnet) == "10.3.0.0/16" and IP("10.3.1.1") in pools[0].addresses
+
+
+@pytest.mark.parametrize("ipam,code", [
+    ({"environment": "file"}, Code.INVALID_CONFIG),
+    ({"environment": "file", "file": "/nonexistent/vnd.xml"}, Code.IO_FAILURE),
+    ({"environment": "azure", "url": "http://127.0.0.1:9/none"}, Code.SOURCE_UNAVAILABLE),
+    ({"environment": "dhcp"}, Code.INVALID_CONFIG),
+])
+def test_unusable_sources_are_clear_errors(ipam, code):
+    with pytest.raises(CniError) as e:
+        load_pools(ipam, None)
+    assert e.value.code == code
 
 
 def test_static_ranges_exclude_the_gateway():
