@@ -17,7 +17,7 @@ from vnetdp import endpoint, netns
 from vnetdp.cni import config
 from vnetdp.cni.attachments import Attachments, Record
 from vnetdp.cni.delegate import call_ipam
-from vnetdp.cni.spec import CniError, Code, Env, Result, version_result
+from vnetdp.cni.spec import CniError, Code, Env, Result, valid_attachments, version_result
 from vnetdp.datapath.node import NodeDatapath, NodeSetupError
 from vnetdp.locks import flocked
 
@@ -102,7 +102,6 @@ def check(env: Env, conf: config.NetConf) -> None:
 
 
 def gc(env: Env, conf: config.NetConf) -> None:
-    from vnetdp.ipam.plugin import valid_attachments
     valid = valid_attachments(conf.raw)
     node = _node(conf)
     atts = Attachments(conf.state_dir)

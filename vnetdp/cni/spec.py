@@ -97,6 +97,17 @@ def parse_config(stdin: bytes) -> dict:
     return conf
 
 
+def valid_attachments(conf: dict) -> set[tuple[str, str]]:
+    """GC's (container ID, ifname) pairs to keep."""
+    items = conf.get("cni.dev/valid-attachments")
+    if not isinstance(items, list):
+        raise CniError(Code.INVALID_CONFIG, "GC needs cni.dev/valid-attachments (a list)")
+    try:
+        return {(a["containerID"], a["ifname"]) for a in items}
+    except (KeyError, TypeError) as e:
+        raise CniError(Code.INVALID_CONFIG, f"cni.dev/valid-attachments entry lacks {e}")
+
+
 def version_result(conf: dict) -> dict:
     version = conf.get("cniVersion") if conf.get("cniVersion") in SUPPORTED_VERSIONS else "1.1.0"
     return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}

@@ -9,7 +9,7 @@ import time
 
 from vnetdp.cni.attachments import Attachments
 from vnetdp.cni.config import state_dir_of
-from vnetdp.cni.spec import CniError, Code, Env, Result, version_result
+from vnetdp.cni.spec import CniError, Code, Env, Result, valid_attachments, version_result
 from vnetdp.ipam.sources import load_pools
 from vnetdp.ipam.store import Allocation, State, Store
 
@@ -56,16 +56,6 @@ def _result(alloc: Allocation, version: str) -> dict:
     ip = {"address": address, **({"gateway": alloc.gateway} if alloc.gateway else {})}
     routes = [{"dst": "0.0.0.0/0", "gw": alloc.gateway}] if alloc.gateway else []
     return Result(ips=[ip], routes=routes).to_json(version)
-
-
-def valid_attachments(conf: dict) -> set[tuple[str, str]]:
-    items = conf.get("cni.dev/valid-attachments")
-    if not isinstance(items, list):
-        raise CniError(Code.INVALID_CONFIG, "GC needs cni.dev/valid-attachments (a list)")
-    try:
-        return {(a["containerID"], a["ifname"]) for a in items}
-    except (KeyError, TypeError) as e:
-        raise CniError(Code.INVALID_CONFIG, f"cni.dev/valid-attachments entry lacks {e}")
 
 
 def rebuild(state_dir: str, valid: set[tuple[str, str]] | None = None) -> State:
