@@ -108,7 +108,7 @@ def _worker(server: socket.socket) -> None:
         os._exit(0)
 
 
-def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, workers: int = 4) -> None:
+def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, workers: int = 8) -> None:
     """Serve until SIGTERM with ``workers`` warm workers waiting; sweep the
     SNAT table every ``sweep_every`` seconds."""
     from vnetdp.datapath import snat
