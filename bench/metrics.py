@@ -8,16 +8,13 @@ received."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
-import subprocess
-import time
 from dataclasses import dataclass
 
 from bench.topologies import Endpoints
 from vnetdp.lab import connstorm
-from vnetdp.lab.probe import tcp_transfer
+from vnetdp.lab.probe import iperf_json, server, tcp_transfer, until_listening
 from vnetdp.lab.shell import in_ns
 
 SOCKPERF_PORT = 11111
@@ -30,26 +27,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Sample:
     value: float | None
     extra: dict
-
-
-def _server(ns: str, argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _retry_until_listening(run_client, tries: int = 50):
-    for _ in range(tries):
-        result = run_client()
-        if result is not None:
-            return result
-        time.sleep(0.1)
-    return None
 
 
 def tcp_stream(e: Endpoints, seconds: int) -> Sample:
@@ -66,28 +43,23 @@ def _kernel_cpu_ticks() -> int:
 
 def udp_rate(e: Endpoints, seconds: int, streams: int = 4, size: int = 64) -> Sample:
     """Small UDP packets from ``streams`` senders at full speed: packets/s received."""
-    server = _server(e.server_ns, ["iperf3", "-s", "-1", "-B", e.server_ip, "-p", str(UDP_PORT)])
-    try:
-        def client():
-            before = _kernel_cpu_ticks()
-            proc = in_ns(e.client_ns, ["iperf3", "-c", e.server_ip, "-p", str(UDP_PORT), "-u", "-b", "0",
-                                       "-l", str(size), "-P", str(streams), "-t", str(seconds), "-J"],
-                         check=False, timeout=seconds + 20)
-            ticks = _kernel_cpu_ticks() - before
-            try:
-                out = json.loads(proc.stdout)
-            except ValueError:
-                return None
-            if "error" in out:
-                return None if "refused" in out["error"] else Sample(None, {"error": out["error"]})
-            total = out["end"]["sum"]
-            received = total["packets"] - total["lost_packets"]
-            return Sample(received / total["seconds"],
-                          {"unit": "packets/s", "lost": total["lost_packets"], "sent": total["packets"],
-                           "kernel_cpu_ns_per_packet": ticks * 1e9 / CLK_TCK / max(received, 1)})
-        return _retry_until_listening(client) or Sample(None, {"error": "no server"})
-    finally:
-        _stop(server)
+    def client() -> Sample | None:
+        before = _kernel_cpu_ticks()
+        proc = in_ns(e.client_ns, ["iperf3", "-c", e.server_ip, "-p", str(UDP_PORT), "-u", "-b", "0",
+                                   "-l", str(size), "-P", str(streams), "-t", str(seconds), "-J"],
+                     check=False, timeout=seconds + 20)
+        ticks = _kernel_cpu_ticks() - before
+        out = iperf_json(proc.stdout)
+        if "error" in out:
+            return None if "refused" in out["error"] else Sample(None, {"error": out["error"]})
+        total = out["end"]["sum"]
+        received = total["packets"] - total["lost_packets"]
+        return Sample(received / total["seconds"],
+                      {"unit": "packets/s", "lost": total["lost_packets"], "sent": total["packets"],
+                       "kernel_cpu_ns_per_packet": ticks * 1e9 / CLK_TCK / max(received, 1)})
+
+    with server(e.server_ns, ["iperf3", "-s", "-1", "-B", e.server_ip, "-p", str(UDP_PORT)]):
+        return until_listening(client) or Sample(None, {"error": "no server"})
 
 
 _PERCENTILE = re.compile(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)")
@@ -95,18 +67,16 @@ _PERCENTILE = re.compile(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)")
 
 def tcp_rr(e: Endpoints, seconds: int) -> Sample:
     """TCP ping-pong of one small message at a time: latency p50 and p99 (µs)."""
-    server = _server(e.server_ns, ["sockperf", "sr", "--tcp", "-i", e.server_ip, "-p", str(SOCKPERF_PORT)])
-    try:
-        def client():
-            proc = in_ns(e.client_ns, ["sockperf", "pp", "--tcp", "-i", e.server_ip, "-p", str(SOCKPERF_PORT),
-                                       "-t", str(seconds), "-m", "64"], check=False, timeout=seconds + 20)
-            found = {float(p): float(v) for p, v in _PERCENTILE.findall(proc.stdout)}
-            if 50.0 not in found:
-                return None
-            return Sample(found[50.0], {"unit": "µs", "p50": found[50.0], "p99": found.get(99.0)})
-        return _retry_until_listening(client, tries=30) or Sample(None, {"error": "sockperf failed"})
-    finally:
-        _stop(server)
+    def client() -> Sample | None:
+        proc = in_ns(e.client_ns, ["sockperf", "pp", "--tcp", "-i", e.server_ip, "-p", str(SOCKPERF_PORT),
+                                   "-t", str(seconds), "-m", "64"], check=False, timeout=seconds + 20)
+        found = {float(p): float(v) for p, v in _PERCENTILE.findall(proc.stdout)}
+        if 50.0 not in found:
+            return None
+        return Sample(found[50.0], {"unit": "µs", "p50": found[50.0], "p99": found.get(99.0)})
+
+    with server(e.server_ns, ["sockperf", "sr", "--tcp", "-i", e.server_ip, "-p", str(SOCKPERF_PORT)]):
+        return until_listening(client, tries=30) or Sample(None, {"error": "sockperf failed"})
 
 
 def conn_rate(e: Endpoints, connections: int) -> Sample:

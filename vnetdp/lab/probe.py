@@ -1,15 +1,19 @@
 """Traffic probes between lab namespaces: ping and a TCP transfer (iperf3)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from vnetdp.lab.shell import in_ns
 
 IPERF_PORT = 5201
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,30 +32,48 @@ def ping(src_ns: str, dst: str, count: int = 3) -> ProbeResult:
     return ProbeResult(ok, float(m.group(1)) if m else None, proc.stdout.strip().splitlines()[-1] if proc.stdout else "")
 
 
+@contextlib.contextmanager
+def server(ns: str, argv: list[str]) -> Iterator[subprocess.Popen]:
+    """A server process in ``ns`` for the block, stopped afterwards."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=10)
+
+
+def until_listening(attempt: Callable[[], T | None], tries: int = 50) -> T | None:
+    """The first result of ``attempt``, which returns None while the server is
+    not listening yet; None if it never did."""
+    for _ in range(tries):
+        result = attempt()
+        if result is not None:
+            return result
+        time.sleep(0.1)
+    return None
+
+
 def tcp_transfer(src_ns: str, dst_ns: str, dst: str, seconds: int = 1) -> ProbeResult:
     """iperf3 from src_ns to a one-shot server in dst_ns listening on dst."""
-    server = subprocess.Popen(["ip", "netns", "exec", dst_ns, "iperf3", "-s", "-1", "-B", str(dst),
-                               "-p", str(IPERF_PORT)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(50):
-            proc = in_ns(src_ns, ["iperf3", "-c", str(dst), "-p", str(IPERF_PORT), "-t", str(seconds),
-                                  "-J", "--connect-timeout", "1000"], check=False, timeout=seconds + 15)
-            result = _iperf_json(proc.stdout)
-            if proc.returncode == 0 and "error" not in result:
-                bps = result["end"]["sum_received"]["bits_per_second"]
-                return ProbeResult(True, bps / 1e9)
-            if "refused" not in proc.stdout:
-                return ProbeResult(False, None, result.get("error", proc.stdout.strip()[-200:]))
-            time.sleep(0.1)  # server not listening yet
-        return ProbeResult(False, None, "server never listened")
-    finally:
-        if server.poll() is None:
-            server.terminate()
-        server.wait(timeout=10)
+    def client() -> ProbeResult | None:
+        proc = in_ns(src_ns, ["iperf3", "-c", str(dst), "-p", str(IPERF_PORT), "-t", str(seconds),
+                              "-J", "--connect-timeout", "1000"], check=False, timeout=seconds + 15)
+        result = iperf_json(proc.stdout)
+        if proc.returncode == 0 and "error" not in result:
+            return ProbeResult(True, result["end"]["sum_received"]["bits_per_second"] / 1e9)
+        if "refused" in proc.stdout:
+            return None
+        return ProbeResult(False, None, result.get("error", proc.stdout.strip()[-200:]))
+
+    with server(dst_ns, ["iperf3", "-s", "-1", "-B", str(dst), "-p", str(IPERF_PORT)]):
+        return until_listening(client) or ProbeResult(False, None, "server never listened")
 
 
-def _iperf_json(out: str) -> dict:
+def iperf_json(out: str) -> dict:
+    """iperf3's -J output, or an error entry when there is none."""
     try:
         return json.loads(out)
     except ValueError:
