@@ -1,7 +1,8 @@
 /*
  * Every map of the datapath, declared once and pinned under VND_MAPS_DIR so
  * that the programs, the control plane and later program versions share them.
- * The Python mirror of these structs is vnetdp/datapath/maps.py.
+ * The keys and values are defined once, in the layouts section below: Python
+ * reads that section itself (vnetdp/datapath/layouts.py), there is no copy.
  */
 #ifndef VND_MAPS_H
 #define VND_MAPS_H
@@ -23,6 +24,16 @@
 #ifndef VND_MAX_SNAT
 #define VND_MAX_SNAT 131072     /* entries, two per translated flow */
 #endif
+
+/*
+ * The layouts section: every struct, enum and constant that the control plane
+ * shares with the programs. Python hands the lines between the two marker
+ * lines to cffi's cdef, so they must stay plain C that cffi accepts: structs,
+ * enums (constant expressions allowed), and #defines of integer literals only
+ * (no expressions, no #if, no functions, no macros). Use the kernel's __u8,
+ * __u16, __u32, __u64, __be16, __be32. Map declarations stay outside.
+ */
+/* vnd:layouts begin */
 
 #define VND_EP_HOST_FLOWS 1     /* the host stack has delivered flows to this pod */
 
@@ -46,6 +57,8 @@ struct vnd_flow_key {
 
 #define VND_NODE_LOCAL_SWITCHING 1
 #define VND_NODE_SNAT 2
+#define VND_NODE_ALLOW_HOST_AGENT 4  /* pods may reach the host agent (168.63.129.16 TCP 80, 32526) */
+#define VND_NODE_ALLOW_METADATA 8    /* pods may reach instance metadata (169.254.169.254) */
 
 /* Node settings: one entry, key 0. */
 struct vnd_node {
@@ -110,6 +123,14 @@ struct vnd_snat_val {
 	__u8 pad;
 };
 
+/* Test builds only (VND_TEST_TRACE): the last redirect a program asked for. */
+struct vnd_redirect_trace {
+	__u32 ifindex;
+	__u32 how;              /* enum vnd_how */
+};
+
+/* vnd:layouts end */
+
 BPF_TABLE_PINNED("hash", __be32, struct vnd_endpoint, vnd_endpoints,
 		 VND_MAX_ENDPOINTS, VND_MAPS_DIR "/endpoints");
 BPF_TABLE_PINNED("array", __u32, struct vnd_node, vnd_node, 1,
@@ -127,11 +148,6 @@ BPF_TABLE_PINNED("hash", struct vnd_snat_key, struct vnd_snat_val, vnd_snat,
 		 VND_MAX_SNAT, VND_MAPS_DIR "/snat");
 
 #ifdef VND_TEST_TRACE
-/* Test builds only: the last redirect a program asked for. */
-struct vnd_redirect_trace {
-	__u32 ifindex;
-	__u32 how;              /* enum vnd_how */
-};
 BPF_TABLE_PINNED("array", __u32, struct vnd_redirect_trace, vnd_trace, 1,
 		 VND_MAPS_DIR "/trace");
 #endif

@@ -1,27 +1,167 @@
-"""The Python mirrors of the C map structs, and typed access round trips."""
+"""Map layouts have one source (maps.h's layouts section), and typed access round trips.
+
+Python reads the layouts with cffi; the programs are compiled by clang. The
+layout tests hold cffi's reading against the BTF that clang emitted for every
+pinned map: every key and value, and every struct they contain, must have
+the same size and the same members at the same offsets.
+"""
 from __future__ import annotations
 
-import ctypes
 import ipaddress
+import os
+import re
+import struct
+from dataclasses import dataclass, field
 
 import pytest
 
+from vnetdp.datapath import layouts as L
 from vnetdp.datapath import maps as M
 from vnetdp.datapath import syscall
 from vnetdp.datapath.reasons import reasons
 
+BTF_INT, BTF_ARRAY, BTF_STRUCT, BTF_UNION, BTF_TYPEDEF = 1, 3, 4, 5, 8
+BTF_VOLATILE, BTF_CONST, BTF_RESTRICT = 9, 10, 11
+# Bytes that follow a type's common part: fixed, and per member (vlen).
+BTF_FIXED = {1: 4, 3: 12, 14: 4, 17: 4}
+BTF_PER_MEMBER = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
 
-@pytest.mark.parametrize("name,key,value", [
-    ("endpoints", M.Ipv4, M.EndpointC),
-    ("node", M.u32, M.NodeC),
-    ("vnet_cidrs", M.CidrKeyC, M.u8),
-    ("metrics", M.MetricsKeyC, M.MetricsValC),
-    ("snat", M.SnatKeyC, M.SnatValC),
-])
-def test_python_structs_match_what_the_kernel_holds(datapath, name, key, value):
-    fd = syscall.obj_get(f"{datapath.bpffs.maps_dir}/{name}")
-    info = syscall.obj_info(fd, syscall.MapInfo())
-    assert (info.key_size, info.value_size) == (ctypes.sizeof(key), ctypes.sizeof(value))
+
+@dataclass
+class BtfType:
+    kind: int
+    name: str
+    size_or_type: int
+    members: list[tuple[str, int, int]] = field(default_factory=list)  # name, type id, bit offset
+    array: tuple[int, int] | None = None                               # element type id, count
+
+
+class Btf:
+    """The types of a raw BTF blob, indexed by type id."""
+
+    def __init__(self, raw: bytes) -> None:
+        magic, _, _, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", raw)
+        assert magic == 0xEB9F, "not little-endian BTF"
+        strings = raw[hdr_len + str_off:hdr_len + str_off + str_len]
+
+        def name(off: int) -> str:
+            return strings[off:strings.index(b"\0", off)].decode()
+
+        self.types: list[BtfType | None] = [None]  # id 0 is void
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        while pos < end:
+            name_off, info, size_or_type = struct.unpack_from("<III", raw, pos)
+            kind, vlen, bitfields = info >> 24 & 0x1F, info & 0xFFFF, info >> 31
+            t = BtfType(kind, name(name_off), size_or_type)
+            if kind in (BTF_STRUCT, BTF_UNION):
+                for i in range(vlen):
+                    m_name, m_type, m_off = struct.unpack_from("<III", raw, pos + 12 + 12 * i)
+                    t.members.append((name(m_name), m_type, m_off & 0xFFFFFF if bitfields else m_off))
+            elif kind == BTF_ARRAY:
+                elem, _, count = struct.unpack_from("<III", raw, pos + 12)
+                t.array = (elem, count)
+            self.types.append(t)
+            pos += 12 + BTF_FIXED.get(kind, 0) + BTF_PER_MEMBER.get(kind, 0) * vlen
+
+    def size(self, tid: int) -> int:
+        t = self.types[tid]
+        if t.kind in (BTF_TYPEDEF, BTF_VOLATILE, BTF_CONST, BTF_RESTRICT):
+            return self.size(t.size_or_type)
+        if t.kind == BTF_ARRAY:
+            return self.size(t.array[0]) * t.array[1]
+        return t.size_or_type
+
+    def c_name(self, tid: int) -> str:
+        t = self.types[tid]
+        return {BTF_STRUCT: "struct ", BTF_UNION: "union "}.get(t.kind, "") + t.name
+
+    def structs(self, tid: int) -> dict[str, tuple[int, list[tuple[str, int, int]]]]:
+        """C name -> (size, [(member, byte offset, size)]) of ``tid`` and every struct inside it."""
+        t = self.types[tid]
+        if t.kind in (BTF_TYPEDEF, BTF_VOLATILE, BTF_CONST, BTF_RESTRICT):
+            return self.structs(t.size_or_type)
+        if t.kind == BTF_ARRAY:
+            return self.structs(t.array[0])
+        if t.kind not in (BTF_STRUCT, BTF_UNION):
+            return {}
+        found = {self.c_name(tid): (t.size_or_type, [(m, off // 8, self.size(mt)) for m, mt, off in t.members])}
+        for _, mt, _ in t.members:
+            found.update(self.structs(mt))
+        return found
+
+
+@dataclass
+class CompiledMap:
+    name: str
+    key: str
+    value: str
+    key_size: int
+    value_size: int
+
+
+@pytest.fixture(scope="module")
+def compiled(datapath) -> tuple[list[CompiledMap], dict[str, tuple[int, list[tuple[str, int, int]]]]]:
+    """Every pinned map's key and value as clang compiled them, and the struct
+    layouts they hold, read from the maps' BTF."""
+    maps, structs = [], {}
+    for name in sorted(os.listdir(datapath.bpffs.maps_dir)):
+        fd = syscall.obj_get(f"{datapath.bpffs.maps_dir}/{name}")
+        try:
+            info = syscall.obj_info(fd, syscall.MapInfo())
+        finally:
+            os.close(fd)
+        assert info.btf_id, f"map {name} has no BTF"
+        btf = Btf(syscall.btf_data(info.btf_id))
+        key, value = info.btf_key_type_id, info.btf_value_type_id
+        maps.append(CompiledMap(name, btf.c_name(key), btf.c_name(value), info.key_size, info.value_size))
+        structs.update(btf.structs(key))
+        structs.update(btf.structs(value))
+    return maps, structs
+
+
+def test_every_map_key_and_value_is_a_layouts_type_of_the_compiled_size(compiled):
+    maps, _ = compiled
+    assert {m.name for m in maps} >= {"endpoints", "node", "vnet_cidrs", "metrics", "snat", "trace"}
+    for m in maps:
+        assert (L.sizeof(m.key), L.sizeof(m.value)) == (m.key_size, m.value_size), m.name
+
+
+@pytest.mark.parametrize("name", sorted(L.ffi().list_types()[1]))
+def test_every_struct_cffi_knows_has_the_compiled_members_and_offsets(compiled, name):
+    _, structs = compiled
+    ctype = f"struct {name}"
+    assert ctype in structs, f"{ctype} is in the layouts section but no map holds it"
+    members = [(m, f.offset, L.ffi().sizeof(f.type)) for m, f in L.ffi().typeof(ctype).fields]
+    assert (L.sizeof(ctype), members) == structs[ctype]
+
+
+def test_a_type_the_layouts_section_lacks_fails_loudly(datapath):
+    with pytest.raises(L.LayoutError, match="'struct vnd_nope' is not declared in the layouts section"):
+        L.new("struct vnd_nope")
+    with pytest.raises(L.LayoutError, match="enum vnd_nope is not declared"):
+        L.enum("vnd_nope")
+    # A map opened with a layout that is not its own is refused, not misread.
+    with pytest.raises(L.LayoutError, match=r"node: the map's key and value are 4 and 28 bytes"):
+        M.PinnedMap(f"{datapath.bpffs.maps_dir}/node", "__u32", "struct vnd_endpoint")
+
+
+def test_a_layouts_section_cffi_cannot_read_fails_loudly(tmp_path):
+    text = L.MAPS_H.read_text()
+    bad = tmp_path / "maps.h"
+    bad.write_text(text.replace("#define VND_NODE_SNAT 2", "#define VND_NODE_SNAT (1 << 1)"))
+    with pytest.raises(L.LayoutError, match="not C that cffi's cdef accepts"):
+        L.parse(bad)
+    bad.write_text(text.replace(L.END, ""))
+    with pytest.raises(L.LayoutError, match="want one line"):
+        L.parse(bad)
+
+
+def test_every_define_of_the_section_is_a_python_constant():
+    _, source = L.section(L.MAPS_H.read_text(), "maps.h")
+    defines = re.findall(r"^\s*#\s*define\s+VND_(\w+)", source, re.M)
+    assert defines and all(M.CONSTANTS[d] == getattr(M, d) for d in defines)
+    assert M.SNAT_IN == L.enum("vnd_snat_dir")["VND_SNAT_IN"]
+    assert [d.name for d in M.Dest] == ["OUTSIDE", "VNET", "HOST"]
 
 
 def test_endpoint_node_and_cidr_round_trip(maps):
@@ -32,6 +172,14 @@ def test_endpoint_node_and_cidr_round_trip(maps):
     assert maps.delete_endpoint("10.3.1.9") and not maps.delete_endpoint("10.3.1.9")
     assert maps.node().primary_ip == ipaddress.IPv4Address("10.3.0.4")
     assert maps.cidrs()[ipaddress.IPv4Network("10.3.0.0/16")] is M.Dest.VNET
+
+
+def test_big_endian_fields_hold_network_order_and_read_back_in_host_order():
+    a, b = ipaddress.IPv4Address("10.3.1.9"), ipaddress.IPv4Address("198.18.0.1")
+    entry = M.SnatEntry(M.SNAT_OUT, 6, a, b, 40000, 443, a, 0, 0, 0)
+    key = entry.key()
+    assert L.ffi().buffer(key)[:12] == a.packed + b.packed + (40000).to_bytes(2, "big") + (443).to_bytes(2, "big")
+    assert M.SnatEntry.from_c(key, L.new("struct vnd_snat_val", {"addr": M.ip_be32(a)})) == entry
 
 
 def test_reason_table_parses_and_separates_drops():

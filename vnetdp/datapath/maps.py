@@ -1,93 +1,54 @@
 """Typed access to the pinned maps declared in ``bpf/lib/maps.h``.
 
-The ctypes structs here mirror the C structs field for field (tests compare
-their sizes with what bcc compiled). Maps are opened from their bpffs pins,
-so reading or writing them never compiles anything.
+Keys and values are the C structs of maps.h itself, read by
+:mod:`vnetdp.datapath.layouts` with cffi; there is no Python copy of any
+layout or constant. Maps are opened from their bpffs pins, so reading or
+writing them never compiles anything.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import ipaddress
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Generic, TypeVar
 
+from vnetdp.datapath import layouts as L
 from vnetdp.datapath import syscall
 
-u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
-Mac = u8 * 6
-Ipv4 = u8 * 4
+#: Every #define and enum constant of maps.h's layouts section, named without
+#: its "VND_": NODE_SNAT is VND_NODE_SNAT, SNAT_IN is VND_SNAT_IN. They are
+#: module attributes too (M.NODE_SNAT): a new flag needs only its #define.
+CONSTANTS = {name.removeprefix("VND_"): value for name, value in L.constants().items()}
+globals().update(CONSTANTS)
 
-NODE_LOCAL_SWITCHING = 1
-NODE_SNAT = 2
-EP_HOST_FLOWS = 1
-SNAT_OUT, SNAT_IN = 0, 1
-SNAT_CLOSING = 1
-
-
-class Dest(IntEnum):
-    """enum vnd_dest: what a prefix in the vnet_cidrs map means."""
-
-    VNET = 1
-    HOST = 2
+#: enum vnd_dest: what a prefix in the vnet_cidrs map means (OUTSIDE: not in the map).
+Dest = IntEnum("Dest", {name.removeprefix("VND_DEST_"): value
+                        for name, value in L.enum("vnd_dest").items()}, module=__name__)
 
 
-class EndpointC(ctypes.Structure):
-    _fields_ = [("ifindex", u32), ("pod_mac", Mac), ("host_mac", Mac), ("flags", u32)]
-
-
-class NodeC(ctypes.Structure):
-    _fields_ = [("nic_ifindex", u32), ("nic_mac", Mac), ("gw_mac", Mac),
-                ("primary_ip", Ipv4), ("snat_port_min", u16), ("snat_port_max", u16),
-                ("flags", u32)]
-
-
-class CidrKeyC(ctypes.Structure):
-    _fields_ = [("prefixlen", u32), ("addr", Ipv4)]
-
-
-class MetricsKeyC(ctypes.Structure):
-    _fields_ = [("ifindex", u32), ("dir", u8), ("reason", u8), ("pad", u16)]
-
-
-class MetricsValC(ctypes.Structure):
-    _fields_ = [("packets", u64), ("bytes", u64)]
-
-
-class SnatKeyC(ctypes.Structure):
-    _fields_ = [("saddr", Ipv4), ("daddr", Ipv4), ("sport", ctypes.c_uint16.__ctype_be__),
-                ("dport", ctypes.c_uint16.__ctype_be__), ("proto", u8), ("dir", u8), ("pad", u16)]
-
-
-class SnatValC(ctypes.Structure):
-    _fields_ = [("last_seen", u64), ("addr", Ipv4), ("port", ctypes.c_uint16.__ctype_be__),
-                ("flags", u8), ("pad", u8)]
-
-
-class TraceC(ctypes.Structure):
-    _fields_ = [("ifindex", u32), ("how", u32)]
-
-
-def mac_bytes(mac: str) -> Mac:
+def mac_bytes(mac: str) -> bytes:
     raw = bytes.fromhex(mac.replace(":", "").replace("-", ""))
     if len(raw) != 6:
         raise ValueError(f"not a MAC address: {mac!r}")
-    return Mac(*raw)
+    return raw
 
 
-def mac_str(mac: Mac) -> str:
-    return ":".join(f"{b:02x}" for b in bytes(mac))
+def mac_str(mac) -> str:
+    """``aa:bb:...`` of a __u8[6] field."""
+    return ":".join(f"{b:02x}" for b in mac)
 
 
-def ip_bytes(ip: ipaddress.IPv4Address | str) -> Ipv4:
-    return Ipv4(*ipaddress.IPv4Address(ip).packed)
+def ip_be32(ip: ipaddress.IPv4Address | str) -> int:
+    """The value of a __be32 field holding ``ip``."""
+    return socket.htonl(int(ipaddress.IPv4Address(ip)))
 
 
-def ip_of(raw: Ipv4) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(bytes(raw))
+def ip_of(be32: int) -> ipaddress.IPv4Address:
+    """The address a __be32 field holds."""
+    return ipaddress.IPv4Address(socket.ntohl(be32))
 
 
 @functools.cache
@@ -98,60 +59,98 @@ def possible_cpus() -> int:
                for part in text.split(",") for a, _, b in [part.partition("-")])
 
 
-K = TypeVar("K", bound=ctypes.Structure)
-V = TypeVar("V", bound=ctypes.Structure)
+class PinnedMap:
+    """A pinned BPF map whose key and value are C types of the layouts section,
+    named as in C (``"__be32"``, ``"struct vnd_endpoint"``).
 
+    Keys and values go in as cffi pointers or as what ``layouts.new`` takes
+    (an int for an integer type; a dict or list for a struct) and come out
+    as owning cffi pointers (ints for integer types); a per-CPU map's value
+    comes out as a list, one per possible CPU. Opening checks the sizes with
+    the kernel's map, so a buffer never disagrees with the map it is for.
+    """
 
-class PinnedMap(Generic[K, V]):
-    """A pinned BPF map with ctypes keys and values (per-CPU values as lists)."""
-
-    def __init__(self, path: str, key: type, value: type, percpu: bool = False) -> None:
+    def __init__(self, path: str, key: str, value: str, percpu: bool = False) -> None:
         self.path = path
         self.key_type = key
         self.value_type = value
         self.percpu = percpu
         self.fd = syscall.obj_get(path)
+        try:
+            self._check_sizes()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_sizes(self) -> None:
+        info = syscall.obj_info(self.fd, syscall.MapInfo())
+        have = (info.key_size, info.value_size)
+        want = (L.sizeof(self.key_type), L.sizeof(self.value_type))
+        if have != want:
+            raise L.LayoutError(f"{self.path}: the map's key and value are {have[0]} and {have[1]} bytes, "
+                                f"{self.key_type} and {self.value_type} are {want[0]} and {want[1]}")
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
-    def _value_buf(self) -> ctypes.Array | ctypes.Structure:
+    @staticmethod
+    def _buf(ctype: str, x):
+        """``x`` as a pointer to ``ctype`` for the kernel (itself if it is one)."""
+        if isinstance(x, L.ffi().CData) and L.ffi().typeof(x) == L.pointer_type(ctype):
+            return x
+        return L.new(ctype, x)
+
+    @staticmethod
+    def _out(ctype: str, ptr):
+        return ptr[0] if L.is_integer(ctype) else ptr
+
+    def get(self, key):
+        """The value for ``key``, None when there is none."""
+        key = self._buf(self.key_type, key)
         if not self.percpu:
-            return self.value_type()
+            value = L.new(self.value_type)
+            return self._out(self.value_type, value) if syscall.map_lookup(self.fd, key, value) else None
         # The kernel lays per-CPU values out at 8-byte strides.
-        stride = (ctypes.sizeof(self.value_type) + 7) // 8 * 8
-        return (ctypes.c_uint8 * (stride * possible_cpus()))()
+        size = L.sizeof(self.value_type)
+        stride = (size + 7) // 8 * 8
+        buf = L.ffi().new("uint8_t[]", stride * possible_cpus())
+        if not syscall.map_lookup(self.fd, key, buf):
+            return None
+        values = [L.new(self.value_type) for _ in range(possible_cpus())]
+        for i, value in enumerate(values):
+            L.ffi().memmove(value, buf + i * stride, size)
+        return [self._out(self.value_type, v) for v in values]
 
-    def _values(self, buf) -> V | list[V]:
-        if not self.percpu:
-            return buf
-        stride = len(buf) // possible_cpus()
-        return [self.value_type.from_buffer_copy(bytes(buf)[i * stride:][:ctypes.sizeof(self.value_type)])
-                for i in range(possible_cpus())]
+    def put(self, key, value, flags: int = syscall.BPF_ANY) -> None:
+        syscall.map_update(self.fd, self._buf(self.key_type, key), self._buf(self.value_type, value), flags)
 
-    def get(self, key: K) -> V | list[V] | None:
-        buf = self._value_buf()
-        return self._values(buf) if syscall.map_lookup(self.fd, key, buf) else None
+    def delete(self, key) -> bool:
+        return syscall.map_delete(self.fd, self._buf(self.key_type, key))
 
-    def put(self, key: K, value: V, flags: int = syscall.BPF_ANY) -> None:
-        syscall.map_update(self.fd, key, value, flags)
-
-    def delete(self, key: K) -> bool:
-        return syscall.map_delete(self.fd, key)
-
-    def keys(self) -> Iterator[K]:
-        prev, nxt = None, self.key_type()
+    def keys(self) -> Iterator:
+        prev, nxt = None, L.new(self.key_type)
         while syscall.map_next_key(self.fd, prev, nxt):
-            yield self.key_type.from_buffer_copy(nxt)
-            prev, nxt = self.key_type.from_buffer_copy(nxt), self.key_type()
+            yield self._out(self.key_type, nxt)
+            prev, nxt = nxt, L.new(self.key_type)
 
-    def items(self) -> Iterator[tuple[K, V | list[V]]]:
+    def items(self) -> Iterator[tuple]:
         for key in self.keys():
             value = self.get(key)
             if value is not None:  # deleted between next_key and lookup
                 yield key, value
+
+    def batch_items(self, chunk: int = 4096) -> Iterator[tuple]:
+        """Every (key, value) of a hash map, ``chunk`` entries per bpf() call."""
+        if self.percpu:
+            raise NotImplementedError(f"{self.path}: batch lookup of a per-CPU map")
+        keys = L.ffi().new(f"{self.key_type}[]", chunk)
+        values = L.ffi().new(f"{self.value_type}[]", chunk)
+        for count in syscall.map_lookup_batch(self.fd, keys, values):
+            for i in range(count):
+                yield (self._out(self.key_type, L.new(self.key_type, keys[i])),
+                       self._out(self.value_type, L.new(self.value_type, values[i])))
 
 
 @dataclass(frozen=True)
@@ -163,11 +162,12 @@ class Endpoint:
     host_mac: str
     flags: int = 0
 
-    def to_c(self) -> EndpointC:
-        return EndpointC(self.ifindex, mac_bytes(self.pod_mac), mac_bytes(self.host_mac), self.flags)
+    def to_c(self):
+        return L.new("struct vnd_endpoint", {"ifindex": self.ifindex, "pod_mac": mac_bytes(self.pod_mac),
+                                             "host_mac": mac_bytes(self.host_mac), "flags": self.flags})
 
     @classmethod
-    def from_c(cls, c: EndpointC) -> Endpoint:
+    def from_c(cls, c) -> Endpoint:
         return cls(c.ifindex, mac_str(c.pod_mac), mac_str(c.host_mac), c.flags)
 
 
@@ -181,14 +181,16 @@ class Node:
     primary_ip: ipaddress.IPv4Address
     snat_port_min: int = 61000
     snat_port_max: int = 65535
-    flags: int = NODE_LOCAL_SWITCHING | NODE_SNAT
+    flags: int = CONSTANTS["NODE_LOCAL_SWITCHING"] | CONSTANTS["NODE_SNAT"]
 
-    def to_c(self) -> NodeC:
-        return NodeC(self.nic_ifindex, mac_bytes(self.nic_mac), mac_bytes(self.gw_mac),
-                     ip_bytes(self.primary_ip), self.snat_port_min, self.snat_port_max, self.flags)
+    def to_c(self):
+        return L.new("struct vnd_node", {
+            "nic_ifindex": self.nic_ifindex, "nic_mac": mac_bytes(self.nic_mac), "gw_mac": mac_bytes(self.gw_mac),
+            "primary_ip": ip_be32(self.primary_ip), "snat_port_min": self.snat_port_min,
+            "snat_port_max": self.snat_port_max, "flags": self.flags})
 
     @classmethod
-    def from_c(cls, c: NodeC) -> Node:
+    def from_c(cls, c) -> Node:
         return cls(c.nic_ifindex, mac_str(c.nic_mac), mac_str(c.gw_mac), ip_of(c.primary_ip),
                    c.snat_port_min, c.snat_port_max, c.flags)
 
@@ -208,14 +210,15 @@ class SnatEntry:
     last_seen_ns: int            # CLOCK_MONOTONIC
     flags: int
 
-    def key(self) -> SnatKeyC:
-        return SnatKeyC(ip_bytes(self.saddr), ip_bytes(self.daddr), self.sport, self.dport,
-                        self.proto, self.direction, 0)
+    def key(self):
+        return L.new("struct vnd_snat_key", {
+            "saddr": ip_be32(self.saddr), "daddr": ip_be32(self.daddr), "sport": socket.htons(self.sport),
+            "dport": socket.htons(self.dport), "proto": self.proto, "dir": self.direction})
 
     @classmethod
-    def from_c(cls, k: SnatKeyC, v: SnatValC) -> SnatEntry:
-        return cls(k.dir, k.proto, ip_of(k.saddr), ip_of(k.daddr), k.sport, k.dport,
-                   ip_of(v.addr), v.port, v.last_seen, v.flags)
+    def from_c(cls, k, v) -> SnatEntry:
+        return cls(k.dir, k.proto, ip_of(k.saddr), ip_of(k.daddr), socket.ntohs(k.sport),
+                   socket.ntohs(k.dport), ip_of(v.addr), socket.ntohs(v.port), v.last_seen, v.flags)
 
 
 @dataclass(frozen=True)
@@ -227,16 +230,22 @@ class Metric:
     bytes: int
 
 
+def _cidr_key(net: ipaddress.IPv4Network | str) -> dict:
+    net = ipaddress.IPv4Network(net)
+    return {"prefixlen": net.prefixlen, "addr": ip_be32(net.network_address)}
+
+
 class Maps:
     """All datapath maps of one node, opened from ``maps_dir``."""
 
     def __init__(self, maps_dir: str) -> None:
         self.dir = maps_dir
-        self._endpoints = PinnedMap(f"{maps_dir}/endpoints", Ipv4, EndpointC)
-        self._node = PinnedMap(f"{maps_dir}/node", u32, NodeC)
-        self._cidrs = PinnedMap(f"{maps_dir}/vnet_cidrs", CidrKeyC, u8)
-        self._metrics = PinnedMap(f"{maps_dir}/metrics", MetricsKeyC, MetricsValC, percpu=True)
-        self._snat = PinnedMap(f"{maps_dir}/snat", SnatKeyC, SnatValC)
+        self._endpoints = PinnedMap(f"{maps_dir}/endpoints", "__be32", "struct vnd_endpoint")
+        self._node = PinnedMap(f"{maps_dir}/node", "__u32", "struct vnd_node")
+        self._cidrs = PinnedMap(f"{maps_dir}/vnet_cidrs", "struct vnd_cidr_key", "__u8")
+        self._metrics = PinnedMap(f"{maps_dir}/metrics", "struct vnd_metrics_key", "struct vnd_metrics_val",
+                                  percpu=True)
+        self._snat = PinnedMap(f"{maps_dir}/snat", "struct vnd_snat_key", "struct vnd_snat_val")
 
     def close(self) -> None:
         for m in (self._endpoints, self._node, self._cidrs, self._metrics, self._snat):
@@ -250,43 +259,40 @@ class Maps:
 
     # endpoints
     def endpoint(self, ip: ipaddress.IPv4Address | str) -> Endpoint | None:
-        c = self._endpoints.get(ip_bytes(ip))
+        c = self._endpoints.get(ip_be32(ip))
         return Endpoint.from_c(c) if c is not None else None
 
     def put_endpoint(self, ip: ipaddress.IPv4Address | str, ep: Endpoint) -> None:
-        self._endpoints.put(ip_bytes(ip), ep.to_c())
+        self._endpoints.put(ip_be32(ip), ep.to_c())
 
     def delete_endpoint(self, ip: ipaddress.IPv4Address | str) -> bool:
-        return self._endpoints.delete(ip_bytes(ip))
+        return self._endpoints.delete(ip_be32(ip))
 
     def endpoints(self) -> dict[ipaddress.IPv4Address, Endpoint]:
         return {ip_of(k): Endpoint.from_c(v) for k, v in self._endpoints.items()}
 
     # node settings
     def node(self) -> Node | None:
-        c = self._node.get(u32(0))
+        c = self._node.get(0)
         return Node.from_c(c) if c is not None and c.nic_ifindex else None
 
     def put_node(self, node: Node) -> None:
-        self._node.put(u32(0), node.to_c())
+        self._node.put(0, node.to_c())
 
     # destination prefixes
     def put_cidr(self, net: ipaddress.IPv4Network | str, dest: Dest) -> None:
-        net = ipaddress.IPv4Network(net)
-        self._cidrs.put(CidrKeyC(net.prefixlen, ip_bytes(net.network_address)), u8(dest))
+        self._cidrs.put(_cidr_key(net), int(dest))
 
     def delete_cidr(self, net: ipaddress.IPv4Network | str) -> bool:
-        net = ipaddress.IPv4Network(net)
-        return self._cidrs.delete(CidrKeyC(net.prefixlen, ip_bytes(net.network_address)))
+        return self._cidrs.delete(_cidr_key(net))
 
     def cidrs(self) -> dict[ipaddress.IPv4Network, Dest]:
-        return {ipaddress.IPv4Network((ip_of(k.addr), k.prefixlen)): Dest(v.value)
+        return {ipaddress.IPv4Network((ip_of(k.addr), k.prefixlen)): Dest(v)
                 for k, v in self._cidrs.items()}
 
     # SNAT connection table
     def snat_entries(self) -> list[SnatEntry]:
-        return [SnatEntry.from_c(k, v)
-                for k, v in syscall.map_lookup_batch(self._snat.fd, SnatKeyC, SnatValC)]
+        return [SnatEntry.from_c(k, v) for k, v in self._snat.batch_items()]
 
     def delete_snat(self, entry: SnatEntry) -> bool:
         return self._snat.delete(entry.key())
@@ -299,6 +305,13 @@ class Maps:
 
     def forget_metrics(self, ifindex: int) -> None:
         """Drop the counters of a removed endpoint (its ifindex may be reused)."""
+        self._delete_metrics(lambda key: key.ifindex == ifindex)
+
+    def clear_metrics(self) -> None:
+        """Drop every counter."""
+        self._delete_metrics(lambda key: True)
+
+    def _delete_metrics(self, which) -> None:
         for key in list(self._metrics.keys()):
-            if key.ifindex == ifindex:
+            if which(key):
                 self._metrics.delete(key)

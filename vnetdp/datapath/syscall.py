@@ -1,18 +1,29 @@
-"""The few bpf(2) commands vnetdp needs that bcc does not wrap, via ctypes.
+"""The few bpf(2) commands vnetdp needs that bcc does not wrap, via cffi.
 
-Each function takes and returns plain Python values and raises
+Each function takes plain Python values or cffi buffers (map keys and values
+are the owning pointers and arrays of ``vnetdp.datapath.layouts``) and raises
 :class:`BpfError` (an ``OSError`` carrying errno) on failure. File
-descriptors returned are owned by the caller.
+descriptors returned are owned by the caller. The syscall number depends on
+the architecture; an unknown one is refused when bpf() is first called.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import os
+from collections.abc import Iterator
 
-_SYS_BPF = 321  # x86_64
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+import cffi
+
+#: bpf(2)'s number in each architecture's syscall table, by ``uname -m``.
+BPF_SYSCALL_NUMBERS = {
+    "x86_64": 321,
+    "aarch64": 280, "arm64": 280,   # asm-generic table
+    "riscv64": 280,                 # asm-generic table
+    "i386": 357, "i686": 357,
+    "s390x": 351,
+    "ppc64le": 361,
+}
 
 MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
@@ -23,6 +34,7 @@ OBJ_PIN = 6
 OBJ_GET = 7
 PROG_TEST_RUN = 10
 OBJ_GET_INFO_BY_FD = 15
+BTF_GET_FD_BY_ID = 19
 LINK_CREATE = 28
 LINK_DETACH = 34
 
@@ -33,43 +45,102 @@ ATTACH_TCX_EGRESS = 47
 
 BPF_ANY = 0
 
+# The heads of the kernel's union bpf_attr members and info structs that the
+# commands below use (include/uapi/linux/bpf.h); pointers travel as u64.
+_CDEF = """
+long syscall(long number, ...);
+
+struct map_elem { uint32_t map_fd; uint32_t pad; uint64_t key; uint64_t value; uint64_t flags; };
+struct map_batch { uint64_t in_batch; uint64_t out_batch; uint64_t keys; uint64_t values;
+                   uint32_t count; uint32_t map_fd; uint64_t elem_flags; uint64_t flags; };
+struct obj_path { uint64_t pathname; uint32_t bpf_fd; uint32_t file_flags; };
+struct test_run { uint32_t prog_fd; uint32_t retval; uint32_t data_size_in; uint32_t data_size_out;
+                  uint64_t data_in; uint64_t data_out; uint32_t repeat; uint32_t duration;
+                  uint32_t ctx_size_in; uint32_t ctx_size_out; uint64_t ctx_in; uint64_t ctx_out;
+                  uint32_t flags; uint32_t cpu; };
+struct link_create { uint32_t prog_fd; uint32_t target_ifindex; uint32_t attach_type; uint32_t flags; };
+struct info_by_fd { uint32_t bpf_fd; uint32_t info_len; uint64_t info; };
+struct by_id { uint32_t id; uint32_t next_id; uint32_t open_flags; };
+struct link_fd { uint32_t link_fd; };
+
+/* Zero-filled room for union bpf_attr; a command fills its own member. */
+union bpf_attr {
+    struct map_elem elem; struct map_batch batch; struct obj_path obj; struct test_run test;
+    struct link_create link; struct info_by_fd info; struct by_id by_id; struct link_fd link_fd;
+    uint8_t raw[160];
+};
+
+/* The head of struct bpf_link_info, with the tcx/xdp member of its union. */
+struct link_info { uint32_t type; uint32_t id; uint32_t prog_id; uint32_t pad;
+                   uint32_t ifindex; uint32_t attach_type; uint8_t rest[40]; };
+struct prog_info { uint32_t type; uint32_t id; uint8_t tag[8]; uint8_t rest[200]; };
+struct map_info { uint32_t type; uint32_t id; uint32_t key_size; uint32_t value_size;
+                  uint32_t max_entries; uint32_t map_flags; char name[16]; uint32_t ifindex;
+                  uint32_t btf_vmlinux_value_type_id; uint64_t netns_dev; uint64_t netns_ino;
+                  uint32_t btf_id; uint32_t btf_key_type_id; uint32_t btf_value_type_id;
+                  uint8_t rest[36]; };
+struct btf_info { uint64_t btf; uint32_t btf_size; uint32_t id; uint64_t name; uint32_t name_len;
+                  uint32_t kernel_btf; };
+"""
+
 
 class BpfError(OSError):
     """A bpf(2) command failed; ``errno`` tells why."""
 
 
-class _Attr(ctypes.Structure):
-    """Zero-filled room for union bpf_attr; commands overlay their fields."""
-
-    _fields_ = [("raw", ctypes.c_uint8 * 160)]
+class UnknownArchitecture(BpfError):
+    """No bpf(2) syscall number is known for this machine's architecture."""
 
 
-def _call(cmd: int, fields: ctypes.Structure, what: str) -> int:
-    attr = _Attr()
-    ctypes.memmove(ctypes.byref(attr), ctypes.byref(fields), ctypes.sizeof(fields))
-    ret = _libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
-    err = ctypes.get_errno()
-    # Copied back on failure too: a batch lookup ending in ENOENT reports its count.
-    ctypes.memmove(ctypes.byref(fields), ctypes.byref(attr), ctypes.sizeof(fields))
+def bpf_syscall_number(machine: str) -> int:
+    """bpf(2)'s syscall number on ``machine`` (as ``uname -m`` names it)."""
+    try:
+        return BPF_SYSCALL_NUMBERS[machine]
+    except KeyError:
+        raise UnknownArchitecture(
+            errno.ENOSYS, f"bpf(): no syscall number known for architecture {machine!r} "
+            f"(known: {', '.join(sorted(BPF_SYSCALL_NUMBERS))})") from None
+
+
+@functools.cache
+def _ffi() -> cffi.FFI:
+    ffi = cffi.FFI()
+    ffi.cdef(_CDEF)
+    return ffi
+
+
+@functools.cache
+def _libc():
+    return _ffi().dlopen(None)
+
+
+def _attr(**member):
+    """A zeroed union bpf_attr with one member set, e.g. ``_attr(elem={...})``."""
+    return _ffi().new("union bpf_attr *", member)
+
+
+def _call(cmd: int, attr, what: str) -> int:
+    """Run one bpf() command on ``attr``, which the kernel may write back into
+    (on failure too: a batch lookup ending in ENOENT reports its count)."""
+    ffi = _ffi()
+    nr = bpf_syscall_number(os.uname().machine)
+    ret = _libc().syscall(ffi.cast("long", nr), ffi.cast("int", cmd), ffi.cast("void *", attr),
+                          ffi.cast("unsigned int", ffi.sizeof("union bpf_attr")))
+    err = ffi.errno
     if ret < 0:
         raise BpfError(err, f"{what}: {os.strerror(err)}")
     return ret
 
 
-def _addr(buf: ctypes.Array | ctypes.Structure | None) -> int:
-    return ctypes.addressof(buf) if buf is not None else 0
+def _addr(buf) -> int:
+    """The address of a cffi buffer (any FFI's), 0 for None."""
+    return int(_ffi().cast("uintptr_t", buf)) if buf is not None else 0
 
 
-class _MapElem(ctypes.Structure):
-    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
-                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
-                ("flags", ctypes.c_uint64)]
-
-
-def _found(cmd: int, fields: ctypes.Structure, what: str) -> bool:
+def _found(cmd: int, attr, what: str) -> bool:
     """Run a map command; False where the kernel answers ENOENT (no such entry)."""
     try:
-        _call(cmd, fields, what)
+        _call(cmd, attr, what)
     except BpfError as e:
         if e.errno == errno.ENOENT:
             return False
@@ -77,141 +148,113 @@ def _found(cmd: int, fields: ctypes.Structure, what: str) -> bool:
     return True
 
 
-def map_lookup(fd: int, key: ctypes.Structure | ctypes.Array, value) -> bool:
-    """Fill ``value`` with the entry for ``key``; False when there is none."""
-    return _found(MAP_LOOKUP_ELEM, _MapElem(fd, 0, _addr(key), _addr(value), 0), "map lookup")
+def _elem(fd: int, key, value=None, flags: int = 0):
+    return _attr(elem={"map_fd": fd, "key": _addr(key), "value": _addr(value), "flags": flags})
+
+
+def map_lookup(fd: int, key, value) -> bool:
+    """Fill the buffer ``value`` with the entry for ``key``; False when there is none."""
+    return _found(MAP_LOOKUP_ELEM, _elem(fd, key, value), "map lookup")
 
 
 def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
-    _call(MAP_UPDATE_ELEM, _MapElem(fd, 0, _addr(key), _addr(value), flags), "map update")
+    _call(MAP_UPDATE_ELEM, _elem(fd, key, value, flags), "map update")
 
 
 def map_delete(fd: int, key) -> bool:
     """Delete ``key``; False when it was not there."""
-    return _found(MAP_DELETE_ELEM, _MapElem(fd, 0, _addr(key), 0, 0), "map delete")
+    return _found(MAP_DELETE_ELEM, _elem(fd, key), "map delete")
 
 
 def map_next_key(fd: int, key, next_key) -> bool:
     """Write the key after ``key`` (the first one if ``key`` is None); False at the end."""
-    return _found(MAP_GET_NEXT_KEY, _MapElem(fd, 0, _addr(key), _addr(next_key), 0), "map next key")
+    return _found(MAP_GET_NEXT_KEY, _elem(fd, key, next_key), "map next key")
 
 
-class _MapBatch(ctypes.Structure):
-    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
-                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
-                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
-                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
-
-
-def map_lookup_batch(fd: int, key_type: type, value_type: type, chunk: int = 4096):
-    """Every (key, value) of a hash map, ``chunk`` entries per bpf() call."""
-    keys, values = (key_type * chunk)(), (value_type * chunk)()
+def map_lookup_batch(fd: int, keys, values) -> Iterator[int]:
+    """Read a hash map into the cffi arrays ``keys`` and ``values``, as many
+    entries per bpf() call as they hold: each step fills their first n
+    elements and yields n. The next step overwrites them."""
+    ffi = _ffi()
+    chunk = len(keys)
     # The batch cursor is opaque; a key's size is always room enough.
-    cursor = ctypes.c_uint8 * max(8, ctypes.sizeof(key_type))
-    cursor_in, cursor_out = cursor(), cursor()
+    room = max(8, ffi.sizeof(keys) // chunk)
+    cursor_in, cursor_out = ffi.new("uint8_t[]", room), ffi.new("uint8_t[]", room)
     first = True
     while True:
-        attr = _MapBatch(0 if first else _addr(cursor_in), _addr(cursor_out), _addr(keys),
-                         _addr(values), chunk, fd, 0, 0)
-        try:
-            _call(MAP_LOOKUP_BATCH, attr, "map lookup batch")
-            done = False
-        except BpfError as e:
-            if e.errno != errno.ENOENT:
-                raise
-            done = True
-        for i in range(attr.count):
-            yield key_type.from_buffer_copy(keys[i]), value_type.from_buffer_copy(values[i])
+        attr = _attr(batch={"in_batch": 0 if first else _addr(cursor_in), "out_batch": _addr(cursor_out),
+                            "keys": _addr(keys), "values": _addr(values), "count": chunk, "map_fd": fd})
+        done = not _found(MAP_LOOKUP_BATCH, attr, "map lookup batch")
+        yield attr.batch.count
         if done:
             return
-        ctypes.memmove(cursor_in, cursor_out, ctypes.sizeof(cursor_out))
+        ffi.memmove(cursor_in, cursor_out, room)
         first = False
 
 
-class _ObjPath(ctypes.Structure):
-    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
-                ("file_flags", ctypes.c_uint32)]
+def _path_attr(path: str, fd: int = 0):
+    name = _ffi().new("char[]", os.fsencode(path))
+    return _attr(obj={"pathname": _addr(name), "bpf_fd": fd}), name
 
 
 def obj_pin(fd: int, path: str) -> None:
     """Pin a program, map or link at ``path`` in a bpffs."""
-    name = ctypes.create_string_buffer(os.fsencode(path))
-    _call(OBJ_PIN, _ObjPath(_addr(name), fd, 0), f"pin {path}")
+    attr, _name = _path_attr(path, fd)
+    _call(OBJ_PIN, attr, f"pin {path}")
 
 
 def obj_get(path: str) -> int:
     """Open the object pinned at ``path``; raises BpfError(ENOENT) when absent."""
-    name = ctypes.create_string_buffer(os.fsencode(path))
-    return _call(OBJ_GET, _ObjPath(_addr(name), 0, 0), f"open pinned {path}")
-
-
-class _TestRun(ctypes.Structure):
-    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
-                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
-                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
-                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
-                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
-                ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
-                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32)]
+    attr, _name = _path_attr(path)
+    return _call(OBJ_GET, attr, f"open pinned {path}")
 
 
 def prog_test_run(fd: int, data: bytes, repeat: int = 1,
                   ctx: bytes | None = None) -> tuple[int, bytes, int]:
     """Run a program on one frame: (return value, frame out, mean ns per run)."""
-    data_in = ctypes.create_string_buffer(data, len(data))
-    data_out = ctypes.create_string_buffer(len(data) + 256)
-    ctx_in = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
-    attr = _TestRun(prog_fd=fd, data_size_in=len(data), data_size_out=len(data_out),
-                    data_in=_addr(data_in), data_out=_addr(data_out), repeat=repeat,
-                    ctx_size_in=len(ctx) if ctx else 0, ctx_in=_addr(ctx_in))
+    ffi = _ffi()
+    data_in = ffi.new("char[]", data)
+    data_out = ffi.new("char[]", len(data) + 256)
+    ctx_in = ffi.new("char[]", ctx) if ctx else None
+    attr = _attr(test={"prog_fd": fd, "data_size_in": len(data), "data_size_out": len(data_out),
+                       "data_in": _addr(data_in), "data_out": _addr(data_out), "repeat": repeat,
+                       "ctx_size_in": len(ctx) if ctx else 0, "ctx_in": _addr(ctx_in)})
     _call(PROG_TEST_RUN, attr, "prog test run")
-    return attr.retval, data_out.raw[:attr.data_size_out], attr.duration
-
-
-class _LinkCreate(ctypes.Structure):
-    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
-                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+    t = attr.test
+    return t.retval, ffi.buffer(data_out, t.data_size_out)[:], t.duration
 
 
 def link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
     """Attach a program to a device of the calling thread's netns as a BPF link."""
-    return _call(LINK_CREATE, _LinkCreate(prog_fd, ifindex, attach_type, 0),
-                 f"attach to ifindex {ifindex}")
+    attr = _attr(link={"prog_fd": prog_fd, "target_ifindex": ifindex, "attach_type": attach_type})
+    return _call(LINK_CREATE, attr, f"attach to ifindex {ifindex}")
 
 
-class _InfoByFd(ctypes.Structure):
-    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
-                ("info", ctypes.c_uint64)]
+# Named like types: callers write ``obj_info(fd, LinkInfo())``.
+def LinkInfo():  # noqa: N802
+    """The head of struct bpf_link_info (type, id, prog_id, ifindex, attach_type)."""
+    return _ffi().new("struct link_info *")
 
 
-class LinkInfo(ctypes.Structure):
-    """The head of struct bpf_link_info, with the tcx/xdp member of its union."""
-
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
-                ("prog_id", ctypes.c_uint32), ("pad", ctypes.c_uint32),
-                ("ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
-                ("rest", ctypes.c_uint8 * 40)]
+def ProgInfo():  # noqa: N802
+    """The head of struct bpf_prog_info (type, id, tag)."""
+    return _ffi().new("struct prog_info *")
 
 
-class ProgInfo(ctypes.Structure):
-    """The head of struct bpf_prog_info."""
-
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
-                ("tag", ctypes.c_uint8 * 8), ("rest", ctypes.c_uint8 * 200)]
+def MapInfo():  # noqa: N802
+    """The head of struct bpf_map_info (type, id, key and value sizes, BTF ids...)."""
+    return _ffi().new("struct map_info *")
 
 
-class MapInfo(ctypes.Structure):
-    """The head of struct bpf_map_info."""
-
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
-                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
-                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("rest", ctypes.c_uint8 * 80)]
+def BtfInfo():  # noqa: N802
+    """struct bpf_btf_info: ``btf`` and ``btf_size`` say where the BTF goes."""
+    return _ffi().new("struct btf_info *")
 
 
-def obj_info(fd: int, info: ctypes.Structure) -> ctypes.Structure:
-    """Fill ``info`` (LinkInfo, ProgInfo or MapInfo) for the object behind ``fd``."""
-    _call(OBJ_GET_INFO_BY_FD, _InfoByFd(fd, ctypes.sizeof(info), _addr(info)), "object info")
+def obj_info(fd: int, info):
+    """Fill ``info`` (LinkInfo, ProgInfo, MapInfo or BtfInfo) for the object behind ``fd``."""
+    attr = _attr(info={"bpf_fd": fd, "info_len": _ffi().sizeof(info[0]), "info": _addr(info)})
+    _call(OBJ_GET_INFO_BY_FD, attr, "object info")
     return info
 
 
@@ -219,10 +262,20 @@ def prog_id(fd: int) -> int:
     return obj_info(fd, ProgInfo()).id
 
 
-class _LinkFd(ctypes.Structure):
-    _fields_ = [("link_fd", ctypes.c_uint32)]
+def btf_data(btf_id: int) -> bytes:
+    """The raw BTF (header, types, strings) of the loaded BTF object ``btf_id``."""
+    fd = _call(BTF_GET_FD_BY_ID, _attr(by_id={"id": btf_id}), f"open BTF {btf_id}")
+    try:
+        size = obj_info(fd, BtfInfo()).btf_size
+        buf = _ffi().new("uint8_t[]", size)
+        info = BtfInfo()
+        info.btf, info.btf_size = _addr(buf), size
+        obj_info(fd, info)
+        return _ffi().buffer(buf)[:]
+    finally:
+        os.close(fd)
 
 
 def link_detach(fd: int) -> None:
     """Detach a link's program now, whoever else holds the link."""
-    _call(LINK_DETACH, _LinkFd(fd), "link detach")
+    _call(LINK_DETACH, _attr(link_fd={"link_fd": fd}), "link detach")
