@@ -3,6 +3,13 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vnetdp-setup
+# Lab, demo, tests and benchmark use fixed namespace names: one run per machine.
+# Every target that builds namespaces runs its command through $(call lab_locked,...):
+# a second run waits for this lock (util-linux flock) instead of colliding. -o: processes the
+# run leaves behind (a lab left up) do not inherit the lock; it ends with the command.
+LAB_LOCK ?= /run/lock/vnetdp-lab.lock
+lab_locked = flock -n $(LAB_LOCK) true || echo "make $@: another lab run holds $(LAB_LOCK); waiting"; \
+             flock -o $(LAB_LOCK) $(1)
 APT_PACKAGES := python3-bpfcc python3-venv iproute2 nftables iptables iperf3 iputils-ping ethtool \
                 containernetworking-plugins sockperf ebtables python3-matplotlib \
                 podman busybox-static
@@ -16,16 +23,17 @@ $(STAMP): pyproject.toml tools/setup-host.sh Makefile
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -c 'import bcc, pyroute2, scapy, pytest'
+	test -x $(VENV)/bin/vnetdp-lab
 	touch $@
 
 demo: setup
-	$(VENV)/bin/vnetdp lab demo
+	$(call lab_locked,$(VENV)/bin/vnetdp-lab demo)
 
 test: setup
-	$(PY) -m pytest -q -ra
+	$(call lab_locked,$(PY) -m pytest -q -ra)
 
 bench: setup
-	$(VENV)/bin/vnetdp bench --out bench/results
+	$(call lab_locked,$(VENV)/bin/vnetdp-lab bench --out bench/results)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

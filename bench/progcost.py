@@ -15,7 +15,7 @@ from scapy.layers.l2 import Ether
 from vnetdp.datapath import bpffs, syscall
 from vnetdp.datapath import maps as M
 from vnetdp.datapath.bpffs import Bpffs
-from vnetdp.datapath.loader import Datapath
+from vnetdp.datapath.loader import Programs
 
 NIC_MAC, GW_MAC, PRIMARY = "00:0d:3a:00:00:01", "12:34:56:78:9a:bc", "10.3.0.4"
 POD_MAC, HOST_MAC = "02:00:00:00:00:0a", "02:00:00:00:01:0a"
@@ -40,13 +40,13 @@ CASES = {  # name -> (program, frame)
 
 
 @contextlib.contextmanager
-def datapath() -> Iterator[Datapath]:
+def datapath() -> Iterator[Programs]:
     top = tempfile.mkdtemp(prefix="vnd-bench-")
     mount = os.path.join(top, "bpffs")
     bpffs.mount(mount)
     try:
-        dp = Datapath(Bpffs(os.path.join(mount, "vnetdp")), top)
-        dp.ensure_loaded()
+        dp = Programs(Bpffs(os.path.join(mount, "vnetdp")), top)
+        dp.load()
         yield dp
     finally:
         bpffs.unmount(mount)

@@ -1,4 +1,4 @@
-"""``vnetdp bench``: build every topology, measure interleaved (A B C D, A B C
+"""``vnetdp-lab bench``: build every topology, measure interleaved (A B C D, A B C
 D, ...) over rounds, write JSON, Markdown and charts.
 
 Modes: ``tiny`` (the test suite's: one round, one second, proves each

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from vnetdp.lab import cni, fabric
 from vnetdp.lab import plan as P
-from vnetdp.lab.demo import counters as bpf_counters
+from vnetdp.lab.observe import counters as bpf_counters
 from vnetdp.lab.shell import in_ns, ip_batch, run
 from vnetdp.lab.topology import Lab
 

@@ -1,5 +1,4 @@
-"""End-to-end fixtures: one lab for the session (torn down also on failure),
-and helpers to read its counters."""
+"""End-to-end fixtures: one lab for the session (torn down also on failure)."""
 from __future__ import annotations
 
 import secrets
@@ -8,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from vnetdp.lab import plan as P
-from vnetdp.lab.demo import counters
 from vnetdp.lab.topology import Lab
 
 
@@ -24,5 +22,3 @@ def lab() -> Iterator[Lab]:
     finally:
         lab.down()
 
-
-reason_counts = counters  # packets per reason name on one VM's datapath

@@ -1,15 +1,12 @@
-"""``vnetdp lab demo``: a lab, pods on two VMs, the connectivity matrix with
+"""``vnetdp-lab demo``: a lab, pods on two VMs, the connectivity matrix with
 what each path measured and which datapath counters it moved, then teardown."""
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass
 
-from vnetdp import netns
-from vnetdp.datapath.reasons import describe
 from vnetdp.lab import fabric, probe
 from vnetdp.lab import plan as P
-from vnetdp.lab.shell import run
+from vnetdp.lab.observe import bridges, counters
 from vnetdp.lab.topology import Lab
 
 
@@ -20,25 +17,6 @@ class Path:
     dst_ns: str
     dst: str
     vm: P.Vm          # whose counters tell the story
-
-
-def counters(lab: Lab, vm: P.Vm) -> collections.Counter:
-    """Packets per reason name on one VM's datapath."""
-    with netns.enter(vm.ns), lab.node(vm).maps() as m:
-        total: collections.Counter = collections.Counter()
-        for metric in m.metrics():
-            total[describe(metric.reason).name] += metric.packets
-        return total
-
-
-def bridges(lab: Lab) -> list[str]:
-    """Every Linux bridge in any lab namespace (the datapath uses none)."""
-    from vnetdp.lab.topology import lab_namespaces
-    found = []
-    for ns in lab_namespaces(lab.plan.prefix):
-        out = run(["ip", "-n", ns, "-o", "link", "show", "type", "bridge"]).stdout.strip()
-        found += [f"{ns}:{line.split(':')[1].strip()}" for line in out.splitlines() if line]
-    return found
 
 
 def matrix_paths(lab: Lab) -> list[Path]:
