@@ -4,7 +4,8 @@
  * switching on the host, VNet traffic out of the NIC to the fabric gateway,
  * traffic beyond the VNet source-translated to the primary IP, and the
  * host's own addresses, and replies in flows the host stack delivered, to
- * the host stack.
+ * the host stack. Tagged frames, malformed packets and destinations no pod
+ * may reach are dropped first.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -58,6 +59,41 @@ static __always_inline void handle_arp(struct __sk_buff *skb, struct ethhdr *eth
 	verdict_set(v, VND_HOW_EGRESS, skb->ifindex, VND_FWD_ARP_REPLY);
 }
 
+#define VND_HOST_AGENT_IP 0xa83f8110     /* 168.63.129.16 */
+#define VND_HOST_AGENT_PORT 80
+#define VND_HOST_AGENT_PLUGIN_PORT 32526
+#define VND_METADATA_IP 0xa9fea9fe       /* 169.254.169.254 */
+
+/*
+ * Whether a pod's packet is for the cloud host agent's services (wire
+ * server, guest agent plugin: TCP 80 and 32526). The same address also
+ * answers DNS and sends load balancer health probes, whose replies must
+ * pass: only these two services are closed to pods.
+ */
+static __always_inline int to_host_agent(const struct vnd_pkt *p, struct iphdr *ip)
+{
+	__be16 *ports;
+
+	if (ip->daddr != bpf_htonl(VND_HOST_AGENT_IP) || ip->protocol != IPPROTO_TCP)
+		return 0;
+	ports = ipv4_ports(p, ip);
+	return ports && (ports[1] == bpf_htons(VND_HOST_AGENT_PORT) ||
+			 ports[1] == bpf_htons(VND_HOST_AGENT_PLUGIN_PORT));
+}
+
+/* 0, or the drop reason of a destination no pod may reach on this node. */
+static __always_inline int denied_dest(const struct vnd_pkt *p, struct iphdr *ip,
+				       const struct vnd_node *node)
+{
+	if (ipv4_martian_dst(ip->daddr))
+		return VND_DROP_MARTIAN;
+	if (!(node->flags & VND_NODE_ALLOW_HOST_AGENT) && to_host_agent(p, ip))
+		return VND_DROP_HOST_AGENT;
+	if (!(node->flags & VND_NODE_ALLOW_METADATA) && ip->daddr == bpf_htonl(VND_METADATA_IP))
+		return VND_DROP_METADATA;
+	return 0;
+}
+
 /* Out of the NIC to the fabric gateway, as the fabric demands. */
 static __always_inline void to_fabric(const struct vnd_node *node, struct ethhdr *eth,
 				      struct iphdr *ip, struct vnd_verdict *v, __u8 reason)
@@ -94,9 +130,11 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 	struct vnd_flow_key flow;
 	struct vnd_node *node;
 	__u8 dest;
+	int err;
 
-	if (!ip) {
-		verdict_drop(v, VND_DROP_MALFORMED);
+	err = ip ? ipv4_check(p, ip) : VND_DROP_MALFORMED;
+	if (err) {
+		verdict_drop(v, err);
 		return;
 	}
 	src = source_endpoint(((struct __sk_buff *)p->ctx)->ifindex, ip->saddr, eth->h_source, v);
@@ -105,6 +143,11 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 	node = node_config();
 	if (!node) {
 		verdict_drop(v, VND_DROP_NO_NODE_CONFIG);
+		return;
+	}
+	err = denied_dest(p, ip, node);
+	if (err) {
+		verdict_drop(v, err);
 		return;
 	}
 	dest = dest_class(ip->daddr);
@@ -140,6 +183,8 @@ int from_container(struct __sk_buff *skb)
 	eth = pkt_data(&p);
 	if ((void *)(eth + 1) > pkt_end(&p))
 		verdict_drop(&v, VND_DROP_MALFORMED);
+	else if (eth_vlan_tagged(&p, eth))
+		verdict_drop(&v, VND_DROP_VLAN);
 	else if (eth->h_proto == bpf_htons(ETH_P_IP))
 		handle_ipv4(&p, &v);
 	else if (eth->h_proto == bpf_htons(ETH_P_ARP))

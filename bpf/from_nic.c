@@ -11,7 +11,10 @@
 #include "lib/pull.h"
 #include "lib/snat.h"
 
-/* For the primary IP: the reason code of a reverse translation, or 0. */
+/*
+ * For the primary IP: the reason code of a reverse translation, or 0. A
+ * malformed packet is dropped before it is parsed for one.
+ */
 static __always_inline int nic_reverse_snat(struct vnd_pkt *p, struct iphdr *ip,
 					    struct vnd_endpoint **ep)
 {
@@ -20,7 +23,9 @@ static __always_inline int nic_reverse_snat(struct vnd_pkt *p, struct iphdr *ip,
 
 	if (!node || ip->daddr != node->primary_ip)
 		return 0;
-	reason = snat_reply(p, ip, ep);
+	reason = ipv4_check(p, ip);
+	if (!reason)
+		reason = snat_reply(p, ip, ep);
 	return reason ? reason : snat_icmp_error(p, ip, ep);
 }
 
@@ -32,27 +37,36 @@ static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
 	int reason;
 
 	verdict_set(v, VND_HOW_PASS, 0, VND_PASS_NIC);
-	if ((void *)(eth + 1) > pkt_end(p) || eth->h_proto != bpf_htons(ETH_P_IP))
+	/* Tagged frames are the host's (its VLAN devices), never a pod's. */
+	if ((void *)(eth + 1) > pkt_end(p) || eth_vlan_tagged(p, eth) ||
+	    eth->h_proto != bpf_htons(ETH_P_IP))
 		return;
 	ip = ipv4_header(eth, pkt_end(p));
 	if (!ip)
 		return;
 	ep = vnd_endpoints.lookup(&ip->daddr);
-	reason = VND_FWD_TO_POD;
-	if (!ep) {
+	if (ep) {
+		reason = ipv4_check(p, ip);
+		if (!reason)
+			reason = VND_FWD_TO_POD;
+	} else {
 		reason = nic_reverse_snat(p, ip, &ep);
 		if (!reason)
 			return;
-		if (reason >= VND_DROP_MIN) {
-			verdict_drop(v, reason);
-			return;
-		}
+	}
+	if (ep) {
+		v->metric_ifindex = ep->ifindex;
+		v->dir = VND_DIR_TO_POD;
+	}
+	if (reason >= VND_DROP_MIN) {
+		verdict_drop(v, reason);
+		return;
+	}
+	if (reason != VND_FWD_TO_POD) {
 		ip = reread_ipv4(p, &eth, v);
 		if (!ip)
 			return;
 	}
-	v->metric_ifindex = ep->ifindex;
-	v->dir = VND_DIR_TO_POD;
 	forward_ipv4(eth, ip, ep->host_mac, ep->pod_mac, VND_HOW_PEER, ep->ifindex, reason, v);
 }
 

@@ -9,6 +9,7 @@
 #define VND_HOST_FLOWS_H
 
 #include "common.h"
+#include "ipv4.h"
 #include "maps.h"
 #include "pkt.h"
 
@@ -16,11 +17,9 @@
 static __always_inline int host_flow_key(const struct vnd_pkt *p, struct iphdr *ip, __be32 pod,
 					 __be32 remote, int pod_is_source, struct vnd_flow_key *key)
 {
-	__be16 *ports = (void *)ip + ip->ihl * 4;
+	__be16 *ports = ipv4_ports(p, ip);
 
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-		return -1;
-	if ((void *)(ports + 2) > pkt_end(p) || (ip->frag_off & bpf_htons(0x1fff)))
+	if (!ports)
 		return -1;
 	__builtin_memset(key, 0, sizeof(*key));
 	key->pod = pod;

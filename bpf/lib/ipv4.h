@@ -4,7 +4,12 @@
 
 #include "common.h"
 #include "csum.h"
+#include "pkt.h"
 #include "reasons.h"
+
+#define VND_IP_MF 0x2000        /* more fragments */
+#define VND_IP_OFFSET 0x1fff    /* fragment offset, in 8-byte units */
+#define VND_IP_MF_OFFSET (VND_IP_MF | VND_IP_OFFSET) /* set on every fragment */
 
 /*
  * The IPv4 header after eth, or NULL when the frame is too short to hold it
@@ -21,6 +26,104 @@ static __always_inline struct iphdr *ipv4_header(struct ethhdr *eth, void *data_
 	if ((void *)ip + ip->ihl * 4 > data_end)
 		return NULL;
 	return ip;
+}
+
+/*
+ * Whether the payload of ip starts with a transport header: unfragmented
+ * packets and first fragments. A later fragment's payload is data, however
+ * much it looks like a header (SPEC §5), and is never parsed as one.
+ */
+static __always_inline int ipv4_has_l4(const struct iphdr *ip)
+{
+	return !(ip->frag_off & bpf_htons(VND_IP_OFFSET));
+}
+
+/*
+ * Whether a destination is one no packet of a pod may go to: "this network"
+ * 0.0.0.0/8, loopback 127.0.0.0/8, multicast 224.0.0.0/4, reserved
+ * 240.0.0.0/4 and the limited broadcast 255.255.255.255 within it.
+ */
+static __always_inline int ipv4_martian_dst(__be32 daddr)
+{
+	__u32 first = bpf_ntohl(daddr) >> 24;
+
+	return first == 0 || first == 127 || first >= 224;
+}
+
+/*
+ * The length of the IPv4 packet ip, or 0 when tot_len is below its header
+ * or past the end of the frame (a frame longer than tot_len is padded: that
+ * is fine). At tc the frame is skb->len, paged data included. A GSO packet
+ * of over 64 KiB (BIG TCP) carries tot_len 0 and is as long as its frame,
+ * as the kernel's iph_totlen() has it.
+ */
+static __always_inline __u32 ipv4_len(const struct vnd_pkt *p, const struct iphdr *ip)
+{
+	__u32 frame = pkt_len(p) - ETH_HLEN;
+	__u32 len = bpf_ntohs(ip->tot_len);
+
+	if (!len && ip->protocol == IPPROTO_TCP && pkt_gso(p))
+		len = frame;
+	if (len < ip->ihl * 4 || len > frame)
+		return 0;
+	return len;
+}
+
+/*
+ * 0, or VND_DROP_MALFORMED when the lengths of the IPv4 packet ip do not
+ * hold together: tot_len (ipv4_len()) and, when it has a transport header
+ * (ipv4_has_l4()), a TCP header of under 20 bytes or with a data offset
+ * below 5 or past the packet, a UDP header of under 8 bytes or a UDP length
+ * below 8 or (unfragmented) past the packet, an ICMP header of under 8
+ * bytes. Parsers of the transport header (lib/snat.h) rely on this having
+ * been checked: headers then lie within tot_len, never in padding.
+ */
+static __always_inline int ipv4_check(const struct vnd_pkt *p, struct iphdr *ip)
+{
+	__u32 len = ipv4_len(p, ip), hlen = ip->ihl * 4, l4_len, field;
+	__u8 *th = (void *)ip + hlen;
+
+	if (!len)
+		return VND_DROP_MALFORMED;
+	if (!ipv4_has_l4(ip))
+		return 0;
+	l4_len = len - hlen;
+	if (ip->protocol == IPPROTO_TCP) {
+		if (l4_len < sizeof(struct tcphdr) || (void *)(th + 13) > pkt_end(p))
+			return VND_DROP_MALFORMED;
+		field = (th[12] >> 4) * 4;      /* data offset */
+		if (field < sizeof(struct tcphdr) || field > l4_len)
+			return VND_DROP_MALFORMED;
+	} else if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *udp = (void *)th;
+
+		if (l4_len < sizeof(*udp) || (void *)(udp + 1) > pkt_end(p))
+			return VND_DROP_MALFORMED;
+		field = bpf_ntohs(udp->len);
+		/* A first fragment's UDP length covers the later fragments too. */
+		if (field < sizeof(*udp) || (field > l4_len && !(ip->frag_off & bpf_htons(VND_IP_MF))))
+			return VND_DROP_MALFORMED;
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		if (l4_len < sizeof(struct icmphdr))
+			return VND_DROP_MALFORMED;
+	}
+	return 0;
+}
+
+/*
+ * The source and destination ports of a TCP or UDP packet that has its
+ * transport header, as two network-order words; NULL for other packets.
+ * After ipv4_check() they also lie within tot_len.
+ */
+static __always_inline __be16 *ipv4_ports(const struct vnd_pkt *p, struct iphdr *ip)
+{
+	__be16 *ports = (void *)ip + ip->ihl * 4;
+
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return NULL;
+	if (!ipv4_has_l4(ip) || (void *)(ports + 2) > pkt_end(p))
+		return NULL;
+	return ports;
 }
 
 /*

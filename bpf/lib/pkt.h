@@ -43,6 +43,21 @@ static __always_inline void *pkt_end(const struct vnd_pkt *p)
 	return (void *)(long)((struct __sk_buff *)p->ctx)->data_end;
 }
 
+/* The frame's length from the Ethernet header on; at tc skb->len, which
+ * counts data not linear at pkt_data() too. */
+static __always_inline __u32 pkt_len(const struct vnd_pkt *p)
+{
+	if (p->is_xdp)
+		return pkt_end(p) - pkt_data(p);
+	return ((struct __sk_buff *)p->ctx)->len;
+}
+
+/* Whether the packet is a GSO aggregate of several (tc only: XDP sees wire frames). */
+static __always_inline int pkt_gso(const struct vnd_pkt *p)
+{
+	return !p->is_xdp && ((struct __sk_buff *)p->ctx)->gso_size;
+}
+
 /* The 2-byte field at off, or NULL when it lies outside the packet. */
 static __always_inline __be16 *pkt_u16(const struct vnd_pkt *p, __u32 off)
 {

@@ -28,6 +28,10 @@ enum vnd_reason {
 	VND_DROP_SNAT_NO_PORT = 70, /* every SNAT port tried toward this destination was taken */
 	VND_DROP_SNAT_TABLE_FULL = 71, /* the SNAT table has no room for a new flow */
 	VND_DROP_SNAT_UNSUPPORTED = 72, /* leaving the VNet but untranslatable: fragment, or not TCP/UDP/ICMP echo */
+	VND_DROP_VLAN = 73,         /* VLAN-tagged (802.1Q, 802.1ad, priority tag) frame from a pod */
+	VND_DROP_MARTIAN = 74,      /* to 0.0.0.0/8, 127.0.0.0/8, multicast, 240.0.0.0/4 or broadcast from a pod */
+	VND_DROP_HOST_AGENT = 75,   /* to the cloud host agent (168.63.129.16 TCP 80, 32526) from a pod, not allowed on this node */
+	VND_DROP_METADATA = 76,     /* to the instance metadata service 169.254.169.254 from a pod, not allowed on this node */
 };
 
 #define VND_DROP_MIN 64

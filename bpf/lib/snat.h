@@ -13,6 +13,7 @@
 #define VND_SNAT_H
 
 #include "common.h"
+#include "ipv4.h"
 #include "maps.h"
 #include "pkt.h"
 #include "reasons.h"
@@ -25,7 +26,6 @@
 #define VND_SNAT_REUSE_NS 2000000000ULL /* a closed flow's port is free after this */
 #endif
 #define VND_EEXIST 17
-#define VND_IP_MF_OFFSET 0x3fff /* more-fragments flag and fragment offset */
 #define VND_TCP_FIN 0x01
 #define VND_TCP_SYN 0x02
 #define VND_TCP_RST 0x04
@@ -42,10 +42,20 @@ struct vnd_l4 {
 };
 
 /*
- * Parse the transport header after ip. Outbound, our side is the source
- * (ICMP: echo requests); inbound, the destination (ICMP: echo replies).
- * Returns -1 for what cannot be translated: fragments, other protocols and
- * ICMP types, truncated headers.
+ * Only whole datagrams are translated: a first fragment's transport header
+ * would be rewritten without the fragments its checksum also covers, and a
+ * later fragment has none (SPEC §5).
+ */
+static __always_inline int snat_fragment(const struct iphdr *ip)
+{
+	return ip->frag_off & bpf_htons(VND_IP_MF_OFFSET);
+}
+
+/*
+ * Parse the transport header after ip, which ipv4_check() has passed.
+ * Outbound, our side is the source (ICMP: echo requests); inbound, the
+ * destination (ICMP: echo replies). Returns -1 for what cannot be
+ * translated: fragments, other protocols and ICMP types.
  */
 static __always_inline int snat_l4(const struct vnd_pkt *p, struct iphdr *ip, int inbound,
 				   struct vnd_l4 *l4)
@@ -54,7 +64,7 @@ static __always_inline int snat_l4(const struct vnd_pkt *p, struct iphdr *ip, in
 	void *end = pkt_end(p);
 	__u32 off = ETH_HLEN + ip->ihl * 4;
 
-	if (ip->frag_off & bpf_htons(VND_IP_MF_OFFSET))
+	if (snat_fragment(ip))
 		return -1;
 	l4->proto = ip->protocol;
 	if (ip->protocol == IPPROTO_TCP) {
@@ -308,7 +318,9 @@ static __always_inline int snat_reply(struct vnd_pkt *p, struct iphdr *ip,
  * SPEC §5 NIC step 2, an ICMP error quoting a translated packet (RFC 5508):
  * the outer destination, the quoted source and the quoted source port (or
  * echo id) go back to the pod's. The quoted transport checksum is left as
- * quoted: the quote is usually cut before it and nobody verifies it.
+ * quoted: the quote is usually cut before it and nobody verifies it. Only
+ * whole ICMP errors are read, and only quotes of packets that start with
+ * their transport header, within the packet ipv4_check() has passed.
  * Returns as snat_reply().
  */
 static __always_inline int snat_icmp_error(struct vnd_pkt *p, struct iphdr *ip,
@@ -319,19 +331,21 @@ static __always_inline int snat_icmp_error(struct vnd_pkt *p, struct iphdr *ip,
 	void *end = pkt_end(p);
 	__be16 nat_port, remote_port = 0, old_check, *check;
 	struct vnd_snat_val *in, tr;
-	__u32 inner_off, port_off;
+	__u32 inner_off, port_off, quote_len;
 	struct vnd_snat_key key;
 	struct iphdr *inner;
 	__be32 old_saddr;
 	__u8 *th;
 
-	if (ip->protocol != IPPROTO_ICMP || (void *)(icmp + 1) > end)
+	if (ip->protocol != IPPROTO_ICMP || snat_fragment(ip) || (void *)(icmp + 1) > end)
 		return 0;
 	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED &&
 	    icmp->type != ICMP_PARAMETERPROB)
 		return 0;
 	inner = (void *)(icmp + 1);
-	if ((void *)(inner + 1) > end || inner->ihl < 5)
+	quote_len = ipv4_len(p, ip) - ip->ihl * 4 - sizeof(*icmp);
+	if ((void *)(inner + 1) > end || inner->version != 4 || inner->ihl < 5 ||
+	    !ipv4_has_l4(inner) || inner->ihl * 4 + 8 > quote_len)
 		return 0;
 	th = (void *)inner + inner->ihl * 4;
 	if ((void *)(th + 8) > end)
