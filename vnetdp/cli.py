@@ -1,45 +1,24 @@
 """The ``vnetdp`` command line.
 
 Examples:
-  vnetdp lab up [--id ID] [--pool N]     build the emulated VNet (SPEC §7)
-  vnetdp lab demo                        lab, pods, connectivity matrix, teardown
-  vnetdp lab down [--id ID]              remove every trace of a lab
   vnetdp counters --bpffs-dir DIR        datapath counters of the node pinned at DIR
   vnetdp snat list --bpffs-dir DIR       the node's translated flows
   vnetdp snat sweep --bpffs-dir DIR [--every S]   expire idle and closed flows
   vnetdp install [--cni-bin-dir D] [--cni-conf-dir D]   CNI plugins + compiled datapath
   vnetdp ipam show|rebuild --state-dir DIR          the IPAM state of a node
   vnetdp agent [--state-dir D] [--bpffs-dir D]      node agent: CNI fast path, SNAT sweeps
-  vnetdp bench [--quick] [--out DIR]                the benchmark (SPEC §8)
+
+The emulated lab and the benchmark are a separate command, ``vnetdp-lab``: this
+one runs on nodes and never loads them.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import sys
 import time
 from collections.abc import Iterator
-
-from vnetdp.lab import plan as P
-
-
-def _lab(args: argparse.Namespace) -> int:
-    from vnetdp.lab.demo import run_demo
-    from vnetdp.lab.topology import Lab
-
-    if args.action == "demo":
-        return 0 if run_demo(args.id, args.pool) else 1
-    lab = Lab(P.Plan(args.id, vms=args.vms, pool=args.pool))
-    if args.action == "up":
-        lab.up()
-        print(f"lab up: namespaces {lab.plan.prefix}*, state in {lab.plan.dir}")
-    else:
-        for item in lab.down():
-            print(f"removed {item}")
-    return 0
-
 
 @contextlib.contextmanager
 def _node_maps(args: argparse.Namespace) -> Iterator:
@@ -86,19 +65,14 @@ def _snat(args: argparse.Namespace) -> int:
         return 0
     timeouts = snat.Timeouts(**{k: v for k, v in vars(args).items()
                                 if k in snat.Timeouts.__dataclass_fields__ and v is not None})
-    while True:
-        try:
-            with _node_maps(args) as m:
-                result = snat.sweep(m, timeouts)
-        except OSError as e:
-            # The maps are pinned with the node's first pod: a looping sweeper waits.
-            if not args.every or e.errno != errno.ENOENT:
-                raise
-        else:
-            if not args.every:
-                print(json.dumps(result.__dict__))
-                return 0
-        time.sleep(args.every)
+    if not args.every:
+        with _node_maps(args) as m:
+            print(json.dumps(snat.sweep(m, timeouts).__dict__))
+        return 0
+    sweeper = snat.Sweeper(args.bpffs_dir, args.every, timeouts)
+    while True:  # the maps are pinned with the node's first pod: until then it waits
+        sweeper.sweep_if_due()
+        time.sleep(sweeper.seconds_left())
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -110,14 +84,27 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rebuild_ipam(state_dir: str) -> tuple[str, int]:
+    """IPAM's state from its own leases and the network plugin's pod records
+    (a record wins: it was written after the address was handed out)."""
+    from vnetdp import plugins
+    from vnetdp.ipam.store import Allocation, Store
+    from vnetdp.network.records import PodRecords
+
+    store = Store(state_dir)
+    held = {a.address: a for a in store.leases()}
+    held.update({r.address: Allocation(r.container_id, r.ifname, r.address, r.subnet, r.gateway, time.time())
+                 for r in PodRecords(state_dir).all() if r.ipam_type == plugins.IPAM})
+    return store.path, len(store.rebuild(held.values()).allocations)
+
+
 def _ipam(args: argparse.Namespace) -> int:
-    from vnetdp.ipam import plugin
     from vnetdp.ipam.store import Store
 
     if args.action == "rebuild":
-        state = plugin.rebuild(args.state_dir)
-        print(f"rebuilt {Store(args.state_dir).path}: {len(state.allocations)} allocations "
-              "from the node's attachments; pools are re-read on the next ADD")
+        path, count = _rebuild_ipam(args.state_dir)
+        print(f"rebuilt {path}: {count} allocations from IPAM's leases and the node's pod records; "
+              "pools are re-read on the next ADD")
         return 0
     with Store(args.state_dir).transaction() as state:
         print(json.dumps(state.to_json(), indent=2))
@@ -125,18 +112,9 @@ def _ipam(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from vnetdp import agent
+    from vnetdp.agent import server
 
-    agent.serve(args.state_dir, args.bpffs_dir, args.sweep_every)
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from bench import report, run
-
-    results = run.run("quick" if args.quick else "full", args.out)
-    print(report.markdown(results))
-    print(f"written to {args.out}")
+    server.serve(args.state_dir, args.bpffs_dir, args.sweep_every)
     return 0
 
 
@@ -149,12 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vnetdp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    lab = sub.add_parser("lab", help="the built-in emulated VNet")
-    lab.add_argument("action", choices=["up", "down", "demo"])
-    lab.add_argument("--id", default="", help="lab instance id (namespaces vnd<ID>-*)")
-    lab.add_argument("--vms", type=int, default=2)
-    lab.add_argument("--pool", type=int, default=30, help="secondary addresses per VM (1-250)")
-    lab.set_defaults(func=_lab)
     counters = sub.add_parser("counters", help="datapath counters of one node")
     _node_args(counters)
     counters.add_argument("--json", action="store_true")
@@ -168,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         snat.add_argument(f"--{name.replace('_', '-')}-timeout", dest=name, type=float,
                           help=f"sweep: idle seconds before a {name.replace('_', ' ')} flow expires")
     snat.set_defaults(func=_snat)
-    from vnetdp.paths import DEFAULT_BPFFS_DIR, DEFAULT_STATE_DIR
+    from vnetdp.defaults import DEFAULT_BPFFS_DIR, DEFAULT_STATE_DIR
     inst = sub.add_parser("install", help="install the CNI plugins on this node")
     inst.add_argument("--cni-bin-dir", default="/opt/cni/bin")
     inst.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
@@ -186,10 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     agent.add_argument("--sweep-every", type=float, default=2.0, help="seconds between SNAT sweeps")
     agent.set_defaults(func=_agent)
-    bench = sub.add_parser("bench", help="benchmark against the kernel bridge and a bare veth")
-    bench.add_argument("--quick", action="store_true", help="under 5 minutes (default: full run, under 30)")
-    bench.add_argument("--out", default="bench/results", help="directory for JSON, Markdown and charts")
-    bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -13,7 +13,6 @@ when any part is already gone. Both must run in the node's namespace.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -21,18 +20,15 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from vnetdp import links, netns
+from vnetdp.naming import host_ifname, is_host_ifname
 from vnetdp.datapath import attach
 from vnetdp.datapath import maps as M
 from vnetdp.datapath import syscall
-from vnetdp.datapath.node import NodeDatapath
+from vnetdp.datapath.node import Node
 
 POD_GATEWAY = ipaddress.IPv4Address("169.254.1.1")
 POD_XDP_HOOK = "podxdp"  # pin name part of the pod end's XDP link
-POD_PROGRAMS = {"tc": "from_container", "egress": "to_container"}  # on the host end, by hook
-
-
-def host_ifname(container_id: str, ifname: str) -> str:
-    return "vnd" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
+POD_PROGRAMS = {"ingress": "from_container", "egress": "to_container"}  # on the host end, by hook
 
 
 @dataclass(frozen=True)
@@ -63,18 +59,20 @@ def _setup_pod_side(ifname: str, address: ipaddress.IPv4Address, host_mac: str, 
         return pod.mac
 
 
-def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
-        address: ipaddress.IPv4Address, mtu: int | None = None) -> EndpointInfo:
-    """Create the endpoint; on any failure nothing of it remains."""
+def add(node: Node, container_id: str, netns_path: str, ifname: str,
+        address: ipaddress.IPv4Address, mtu: int | None = None,
+        macs: tuple[str, str] | None = None) -> EndpointInfo:
+    """Create the endpoint (``macs``: the host end's and the pod's MAC, to
+    rebuild one as it was); on any failure nothing of it remains."""
     name = host_ifname(container_id, ifname)
     with contextlib.ExitStack() as fds, contextlib.ExitStack() as undo, IPRoute() as ipr:
-        mtu = mtu or node.ensure(ipr).nic.mtu
-        pod_ns = netns.open_ns(netns_path)
+        mtu = mtu or node.configure(ipr).nic.mtu
+        pod_ns = netns.open_pod_ns(netns_path)
         fds.callback(os.close, pod_ns)
         links.delete_link(ipr, name)  # a leftover of an interrupted ADD for this very endpoint
-        host = links.create_veth(ipr, name, ifname, pod_ns, mtu)
+        host = links.create_veth(ipr, name, ifname, pod_ns, mtu, macs)
         undo.callback(links.delete_link, ipr, name)
-        with netns.enter(netns_path):
+        with netns.enter_fd(pod_ns, netns_path):
             pod_mac = _setup_pod_side(ifname, address, host.mac, mtu)
             if node.settings.nic_attach == "xdp":
                 undo.callback(attach.detach, None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
@@ -84,30 +82,30 @@ def add(node: NodeDatapath, container_id: str, netns_path: str, ifname: str,
             m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac))
             undo.callback(_forget, node, address, host.index)
         for hook, prog in POD_PROGRAMS.items():
-            fd = node.datapath.prog_fd(prog)
+            fd = node.programs.prog_fd(prog)
             fds.callback(os.close, fd)
             pin = node.bpffs.link_pin(name, hook)
             undo.callback(attach.detach, host.index, hook, pin, ipr)
-            attach.ensure(fd, host.index, hook, pin, node.settings.pod_attach_mode, ipr, fresh=True)
+            attach.attach(fd, host.index, hook, pin, node.settings.pod_attach_mode, ipr, fresh=True)
         undo.pop_all()  # success: keep everything
         return EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
                             host.mac, pod_mac, mtu)
 
 
-def _attach_pod_xdp(node: NodeDatapath, ifname: str, host_name: str) -> None:
+def _attach_pod_xdp(node: Node, ifname: str, host_name: str) -> None:
     """With XDP on the NIC, the pod end needs an XDP program of its own to
     receive XDP-redirected frames (SPEC §9). Runs inside the pod namespace;
     the link dies with the pod's veth, its pin goes with ``delete``."""
-    fd = node.datapath.prog_fd("pod_xdp_pass")
+    fd = node.programs.prog_fd("pod_xdp_pass")
     try:
         with IPRoute() as ipr:
             index = links.get_link(ipr, ifname).index
-        attach.ensure(fd, index, "xdp", node.bpffs.link_pin(host_name, POD_XDP_HOOK))
+        attach.attach(fd, index, "xdp", node.bpffs.link_pin(host_name, POD_XDP_HOOK))
     finally:
         os.close(fd)
 
 
-def _forget(node: NodeDatapath, address: ipaddress.IPv4Address | None, ifindex: int | None) -> None:
+def _forget(node: Node, address: ipaddress.IPv4Address | None, ifindex: int | None) -> None:
     """Remove the map entry for ``address`` if it still belongs to ``ifindex``."""
     with node.maps() as m:
         if address is not None:
@@ -118,7 +116,7 @@ def _forget(node: NodeDatapath, address: ipaddress.IPv4Address | None, ifindex: 
             m.forget_metrics(ifindex)
 
 
-def delete(node: NodeDatapath, container_id: str, ifname: str,
+def delete(node: Node, container_id: str, ifname: str,
            address: ipaddress.IPv4Address | None = None, host_name: str | None = None) -> None:
     """Remove the endpoint (named by container ID and ifname, or by its host
     interface name); whatever is already gone counts as removed."""
@@ -139,21 +137,17 @@ def delete(node: NodeDatapath, container_id: str, ifname: str,
         _forget(node, address, ifindex)
 
 
-def _is_host_ifname(name: str) -> bool:
-    return len(name) == 14 and name.startswith("vnd") and all(c in "0123456789abcdef" for c in name[3:])
-
-
-def remove_strays(node: NodeDatapath, keep: set[str]) -> list[str]:
+def remove_strays(node: Node, keep: set[str]) -> list[str]:
     """Remove host veths, link pins and endpoint map entries that belong to no
     endpoint in ``keep`` (host interface names): what an interrupted ADD or DEL
     can leave. Returns the host interface names removed."""
     with IPRoute() as ipr:
         present = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
-    names = {n for n in present if _is_host_ifname(n)}
+    names = {n for n in present if is_host_ifname(n)}
     if os.path.isdir(node.bpffs.links_dir):
         for pin in os.listdir(node.bpffs.links_dir):
             hook, _, name = pin.partition("-")
-            if (hook in POD_PROGRAMS or hook == POD_XDP_HOOK) and _is_host_ifname(name):
+            if (hook in POD_PROGRAMS or hook == POD_XDP_HOOK) and is_host_ifname(name):
                 names.add(name)
     strays = sorted(names - keep)
     for name in strays:
@@ -167,7 +161,7 @@ def remove_strays(node: NodeDatapath, keep: set[str]) -> list[str]:
     return strays
 
 
-def check(node: NodeDatapath, container_id: str, ifname: str, netns_path: str,
+def check(node: Node, container_id: str, ifname: str, netns_path: str,
           address: ipaddress.IPv4Address) -> list[str]:
     """What is wrong with a live endpoint: empty when veth, addresses, routes,
     map entry and attached program are all as ``add`` left them."""
@@ -186,7 +180,7 @@ def check(node: NodeDatapath, container_id: str, ifname: str, netns_path: str,
     if ep is None or ep.ifindex != host.index:
         problems.append(f"datapath has no endpoint entry for {address} on {name}")
     for hook, prog in POD_PROGRAMS.items():
-        fd = node.datapath.prog_fd(prog)
+        fd = node.programs.prog_fd(prog)
         try:
             current = attach.attached(host.index, hook, node.bpffs.link_pin(name, hook))
             if current is None or current.prog_id != syscall.prog_id(fd):

@@ -60,10 +60,13 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
     return True
 
 
-def create_veth(ipr: IPRoute, name: str, peer: str, peer_netns_fd: int, mtu: int) -> Link:
-    """A veth pair with ``peer`` created directly inside another namespace."""
-    ipr.link("add", ifname=name, kind="veth", mtu=mtu,
-             peer={"ifname": peer, "net_ns_fd": peer_netns_fd, "mtu": mtu})
+def create_veth(ipr: IPRoute, name: str, peer: str, peer_netns_fd: int, mtu: int,
+                macs: tuple[str, str] | None = None) -> Link:
+    """A veth pair with ``peer`` created directly inside another namespace
+    (with ``macs``, (this end's, the peer's) MAC addresses; else random ones)."""
+    ours, theirs = ({"address": macs[0]}, {"address": macs[1]}) if macs else ({}, {})
+    ipr.link("add", ifname=name, kind="veth", mtu=mtu, **ours,
+             peer={"ifname": peer, "net_ns_fd": peer_netns_fd, "mtu": mtu, **theirs})
     link = get_link(ipr, name)
     ipr.link("set", index=link.index, state="up")
     return link
@@ -81,6 +84,11 @@ def default_route_oif(ipr: IPRoute) -> int | None:
         if oif:
             return oif
     return None
+
+
+def node_addresses(ipr: IPRoute) -> set[ipaddress.IPv4Address]:
+    """Every IPv4 address on an interface of this namespace."""
+    return {ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
 
 
 def ipv4_interfaces(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface]:

@@ -1,4 +1,4 @@
-"""Where vnetdp finds its own files and keeps node state by default."""
+"""Where vnetdp finds its own files."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,3 @@ from pathlib import Path
 
 #: The C sources of the datapath (``bpf/`` beside the package in a checkout).
 BPF_DIR = Path(os.environ.get("VNETDP_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
-
-DEFAULT_STATE_DIR = "/var/lib/vnetdp"
-DEFAULT_BPFFS_DIR = "/sys/fs/bpf/vnetdp"

@@ -6,7 +6,7 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from conftest import (GW_MAC, checksums_ok, NIC_IFINDEX, NIC_MAC, POD_A, POD_B, PRIMARY, TC_ACT_OK,
+from pkt_harness import (GW_MAC, checksums_ok, NIC_IFINDEX, NIC_MAC, POD_A, POD_B, PRIMARY, TC_ACT_OK,
                       TC_ACT_REDIRECT, TC_ACT_SHOT, metric)
 
 A, B = POD_A["ep"], POD_B["ep"]

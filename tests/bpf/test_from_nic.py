@@ -5,7 +5,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from conftest import (GW_MAC, NIC_MAC, POD_A, PRIMARY, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+from pkt_harness import (GW_MAC, NIC_MAC, POD_A, PRIMARY, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
                       XDP_DROP, XDP_PASS, XDP_REDIRECT, checksums_ok, metric)
 
 A = POD_A["ep"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from conftest import NIC_IFINDEX, POD_A, PRIMARY, TC_ACT_OK, TC_ACT_REDIRECT, metric
+from pkt_harness import NIC_IFINDEX, POD_A, PRIMARY, TC_ACT_OK, TC_ACT_REDIRECT, metric
 from vnetdp.datapath import maps as M
 
 A = POD_A["ep"]

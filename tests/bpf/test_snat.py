@@ -6,7 +6,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror
 from scapy.layers.l2 import Ether
 
-from conftest import (GW_MAC, NIC_IFINDEX, NIC_MAC, POD_A, PRIMARY, SNAT_TABLE_SIZE,
+from pkt_harness import (GW_MAC, NIC_IFINDEX, NIC_MAC, POD_A, PRIMARY, SNAT_TABLE_SIZE,
                       TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS, XDP_REDIRECT,
                       checksums_ok, metric)
 from vnetdp.datapath import maps as M
@@ -59,7 +59,7 @@ def test_outbound_is_translated_to_primary_ip_with_valid_checksums(maps, run, l4
     assert bytes(r.frame[IP].payload.payload) == bytes(frame[IP].payload.payload)
     assert metric(maps, A.ifindex, "FWD_SNAT") == 1
     entry = out_entry(maps)
-    assert (entry.saddr, entry.addr, entry.port) == (M.ip_of(M.ip_bytes(POD_A["ip"])), M.ip_of(M.ip_bytes(PRIMARY)), port)
+    assert (entry.saddr, entry.addr, entry.port) == (M.ip_of(M.ip_be32(POD_A["ip"])), M.ip_of(M.ip_be32(PRIMARY)), port)
 
 
 def test_packets_of_one_flow_share_one_translation_and_other_flows_differ(maps, run):

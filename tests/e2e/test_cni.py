@@ -13,8 +13,9 @@ import socket
 import pytest
 from pyroute2 import IPRoute
 
-from vnetdp import endpoint, links, netns
-from vnetdp.cni.attachments import Attachments
+from vnetdp import defaults, links, naming, netns
+from vnetdp.agent import wire
+from vnetdp.network.records import PodRecords
 from vnetdp.cni.spec import SUPPORTED_VERSIONS, Code
 from vnetdp.datapath import attach
 from vnetdp.ipam.store import Store
@@ -61,7 +62,7 @@ class Pods:
 
     def host_link(self, ns: str) -> bool:
         with netns.enter(self.vm.ns), IPRoute() as ipr:
-            return bool(ipr.link_lookup(ifname=endpoint.host_ifname(ns, "eth0")))
+            return bool(ipr.link_lookup(ifname=naming.host_ifname(ns, "eth0")))
 
     def map_entry(self, address: str) -> bool:
         with netns.enter(self.vm.ns), self.lab.node(self.vm).maps() as m:
@@ -69,7 +70,7 @@ class Pods:
 
     def gone(self, ns: str, address: str) -> bool:
         return (self.allocation(ns) is None and not self.host_link(ns) and not self.map_entry(address)
-                and Attachments(self.lab.plan.state_dir(self.vm)).get(ns, "eth0") is None)
+                and PodRecords(self.lab.plan.state_dir(self.vm)).get(ns, "eth0") is None)
 
 
 @pytest.fixture
@@ -116,9 +117,9 @@ def _delete_route(pods, ns, address):
 
 def _detach_program(pods, ns, address):
     node = pods.lab.node(pods.vm)
-    name = endpoint.host_ifname(ns, "eth0")
+    name = naming.host_ifname(ns, "eth0")
     with netns.enter(pods.vm.ns), IPRoute() as ipr:
-        attach.detach(ipr.link_lookup(ifname=name)[0], "tc", node.bpffs.link_pin(name, "tc"))
+        attach.detach(ipr.link_lookup(ifname=name)[0], "ingress", node.bpffs.link_pin(name, "ingress"))
 
 
 def _delete_map_entry(pods, ns, address):
@@ -184,11 +185,23 @@ def test_status_and_version(lab, pods):
     assert version.output["supportedVersions"] == list(SUPPORTED_VERSIONS)
 
 
-def test_in_process_path_gives_the_same_result_as_the_agent(lab, pods):
-    ns, via_agent = pods.add()
+def test_the_agent_serves_calls_and_matches_the_in_process_path(lab, pods):
+    """Straight to the agent's socket (no fallback can hide a dead agent),
+    then the same call in-process: the same result."""
+    ns = pods.netns()
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": ns, "CNI_NETNS": netns.path_of(ns), "CNI_IFNAME": "eth0",
+           "CNI_PATH": lab.cni_bin_dir(pods.vm), "VNETDP_STATE_DIR": lab.plan.state_dir(pods.vm),
+           "VNETDP_BPFFS_DIR": lab.node_bpffs_dir(pods.vm), "VNETDP_IPAM_URL": cni.nmagent_url()}
+    reply = wire.call(defaults.agent_socket(lab.plan.state_dir(pods.vm)), "vnetdp", env,
+                      json.dumps(cni.network_config()).encode())
+    assert reply is not None, "the agent did not answer"
+    rc, stdout, stderr = reply
+    assert rc == 0, (stdout, stderr)
+    via_agent = json.loads(stdout)
+    assert pods.allocation(ns) == str(ipaddress.IPv4Interface(via_agent["ips"][0]["address"]).ip)
     ns2, in_process = pods.add(agent=False)
     strip = lambda out: json.dumps(out["ips"][0]["gateway"]) + str(sorted(out))  # noqa: E731
-    assert strip(via_agent.output) == strip(in_process.output)
+    assert strip(via_agent) == strip(in_process.output)
     assert pods.call("DEL", ns2, agent=False).ok and pods.gone(ns2, address_of(in_process))
 
 

@@ -15,8 +15,8 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
-from vnetdp import endpoint, netns
-from vnetdp.cni.attachments import Attachments
+from vnetdp import naming, netns
+from vnetdp.network.records import PodRecords
 from vnetdp.ipam.store import Store
 from vnetdp.lab import cni, probe
 from vnetdp.lab import plan as P
@@ -54,7 +54,7 @@ def node_state(lab: Lab) -> dict:
     vm = lab.plan.vm(1)
     with Store(lab.plan.state_dir(vm)).transaction() as state:
         allocations = {(a.container_id, a.ifname): a.address for a in state.allocations}
-    records = {r.container_id: r.address for r in Attachments(lab.plan.state_dir(vm)).all()}
+    records = {r.container_id: r.address for r in PodRecords(lab.plan.state_dir(vm)).all()}
     node = lab.node(vm)
     with netns.enter(vm.ns), IPRoute() as ipr, node.maps() as m:
         veths = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()
@@ -72,7 +72,7 @@ def assert_consistent(lab: Lab) -> dict:
     assert {cid: addr for (cid, _), addr in s["allocations"].items()} == s["records"]
     assert set(s["entries"]) <= set(addresses)
     assert set(s["entries"].values()) == set(s["veths"].values())
-    assert set(s["veths"]) == {endpoint.host_ifname(cid, "eth0") for cid in s["records"]}
+    assert set(s["veths"]) == {naming.host_ifname(cid, "eth0") for cid in s["records"]}
     return s
 
 

@@ -8,10 +8,10 @@ import os
 import pytest
 from pyroute2 import IPRoute
 
-from conftest import reason_counts
 from vnetdp import endpoint, links, netns
 from vnetdp.datapath import attach, syscall
 from vnetdp.lab import probe
+from vnetdp.lab.observe import counters
 from vnetdp.lab.shell import run
 
 
@@ -40,7 +40,7 @@ def test_failed_add_leaves_nothing_behind(lab, pod_slot, monkeypatch):
     def boom(*a, **kw):
         raise RuntimeError("injected failure at attach")
 
-    monkeypatch.setattr(attach, "ensure", boom)
+    monkeypatch.setattr(attach, "attach", boom)
     with netns.enter(vm.ns), pytest.raises(RuntimeError, match="injected"):
         endpoint.add(lab.node(vm), ns, netns.path_of(ns), "eth0", address)
     assert host_links(vm.ns) == before
@@ -68,7 +68,7 @@ def test_check_detects_route_program_and_map_entry(lab, pod_slot):
         with IPRoute() as ipr:
             ipr.route("del", dst=f"{address}/32", oif=ep.host_ifindex, scope=links.SCOPE_LINK)
         assert any("route" in p for p in endpoint.check(node, ns, "eth0", netns.path_of(ns), address))
-        attach.detach(ep.host_ifindex, "tc", node.bpffs.link_pin(ep.host_ifname, "tc"))
+        attach.detach(ep.host_ifindex, "ingress", node.bpffs.link_pin(ep.host_ifname, "ingress"))
         assert any("not attached" in p for p in endpoint.check(node, ns, "eth0", netns.path_of(ns), address))
         endpoint.add(node, ns, netns.path_of(ns), "eth0", address)  # repair by re-adding
         with node.maps() as m:
@@ -89,7 +89,7 @@ def test_delete_twice_and_after_netns_is_gone(lab, pod_slot):
             assert m.endpoint(address) is None
             assert not [x for x in m.metrics() if x.ifindex == ep.host_ifindex]
     assert ep.host_ifname not in host_links(vm.ns)
-    assert not os.path.exists(node.bpffs.link_pin(ep.host_ifname, "tc"))
+    assert not os.path.exists(node.bpffs.link_pin(ep.host_ifname, "ingress"))
 
 
 @pytest.mark.parametrize("mode", ["clsact", "tcx"])
@@ -98,19 +98,19 @@ def test_pod_attachment_by_each_mechanism_carries_traffic(lab, pod_slot, mode):
     node = lab.node(vm, pod_attach_mode=mode)
     with netns.enter(vm.ns):
         ep = endpoint.add(node, ns, netns.path_of(ns), "eth0", address)
-        got = attach.attached(ep.host_ifindex, "tc", node.bpffs.link_pin(ep.host_ifname, "tc"))
+        got = attach.attached(ep.host_ifindex, "ingress", node.bpffs.link_pin(ep.host_ifname, "ingress"))
     assert got.mechanism == mode
-    fd = node.datapath.prog_fd("from_container")
+    fd = node.programs.prog_fd("from_container")
     try:
         assert got.prog_id == syscall.prog_id(fd)
     finally:
         os.close(fd)
-    before = reason_counts(lab, vm)
+    before = counters(lab, vm)
     assert probe.ping(ns, str(lab.plan.vm(2).secondaries(lab.plan.pool)[0])).ok
-    assert (reason_counts(lab, vm) - before)["FWD_VNET"] >= 3
+    assert (counters(lab, vm) - before)["FWD_VNET"] >= 3
     with netns.enter(vm.ns):
         endpoint.delete(node, ns, "eth0", address)
-        assert attach.attached(ep.host_ifindex, "tc", node.bpffs.link_pin(ep.host_ifname, "tc")) is None
+        assert attach.attached(ep.host_ifindex, "ingress", node.bpffs.link_pin(ep.host_ifname, "ingress")) is None
 
 
 def test_xdp_on_the_nic_delivers_into_pods(lab):
@@ -126,14 +126,14 @@ def test_xdp_on_the_nic_delivers_into_pods(lab):
             with IPRoute() as ipr:
                 nic = links.get_link(ipr, "eth0")
             assert attach.attached(nic.index, "xdp", node.bpffs.link_pin("eth0", "xdp")) is not None
-            assert attach.attached(nic.index, "tc", node.bpffs.link_pin("eth0", "tc")) is None
-        before = reason_counts(lab, vm2)
+            assert attach.attached(nic.index, "ingress", node.bpffs.link_pin("eth0", "ingress")) is None
+        before = counters(lab, vm2)
         assert probe.ping(lab.plan.pod_ns(vm1, 1), str(address)).ok
         tcp = probe.tcp_transfer(lab.plan.pod_ns(vm1, 1), ns, str(address))
         assert tcp.ok, tcp.detail
-        assert (reason_counts(lab, vm2) - before)["FWD_TO_POD"] > 100
+        assert (counters(lab, vm2) - before)["FWD_TO_POD"] > 100
     finally:
         with netns.enter(vm2.ns):
             endpoint.delete(node, ns, "eth0", address)
-            lab.node(vm2).ensure()  # back to tc for the other tests
+            lab.node(vm2).configure()  # back to tc for the other tests
         run(["ip", "netns", "del", ns], check=False)

@@ -2,18 +2,19 @@
 fabric enforces what a cloud fabric enforces."""
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
-from conftest import reason_counts
 from vnetdp import netns
 from vnetdp.datapath import syscall
 from vnetdp.lab import fabric, probe
 from vnetdp.lab import plan as P
-from vnetdp.lab.demo import bridges, matrix_paths
+from vnetdp.lab.demo import matrix_paths
+from vnetdp.lab.observe import bridges, counters
 
 EXPECTED = {  # path -> reason that must move on the source VM
     "pod-pod same VM": "FWD_LOCAL",
@@ -27,21 +28,21 @@ EXPECTED = {  # path -> reason that must move on the source VM
 @pytest.mark.parametrize("name", EXPECTED)
 def test_path_carries_ping_and_tcp_through_bpf(lab, name):
     path = next(p for p in matrix_paths(lab) if p.name == name)
-    before = reason_counts(lab, path.vm)
+    before = counters(lab, path.vm)
     assert probe.ping(path.src_ns, path.dst).ok
     tcp = probe.tcp_transfer(path.src_ns, path.dst_ns, path.dst, seconds=1)
     assert tcp.ok, tcp.detail
-    moved = reason_counts(lab, path.vm) - before
+    moved = counters(lab, path.vm) - before
     assert moved[EXPECTED[name]] > 100  # the TCP transfer went through the program
     assert not [r for r in moved if r.startswith("DROP_") and r != "DROP_UNSUPPORTED_L3"]
 
 
 def test_traffic_from_fabric_enters_pods_through_bpf(lab):
     vm2 = lab.plan.vm(2)
-    before = reason_counts(lab, vm2)
+    before = counters(lab, vm2)
     path = next(p for p in matrix_paths(lab) if p.name == "pod-pod across VMs")
     assert probe.ping(path.src_ns, path.dst).ok
-    assert (reason_counts(lab, vm2) - before)["FWD_TO_POD"] >= 3
+    assert (counters(lab, vm2) - before)["FWD_TO_POD"] >= 3
 
 
 def test_no_linux_bridge_anywhere(lab):
@@ -86,15 +87,18 @@ def test_two_vms_never_share_maps(lab):
     seen = {}
     for vm in (vm1, vm2):
         with netns.enter(vm.ns), lab.node(vm).maps() as m:
-            seen[vm.name] = ({str(ip) for ip in m.endpoints()},
-                             syscall.obj_info(m._endpoints.fd, syscall.MapInfo()).id)
-    assert seen["vm1"][0] == {"10.3.1.1", "10.3.1.2"}
-    assert seen["vm2"][0] == {"10.3.2.1"}
+            fd = syscall.obj_get(f"{m.dir}/endpoints")
+            try:
+                seen[vm.name] = ({str(ip) for ip in m.endpoints()}, syscall.obj_info(fd, syscall.MapInfo()).id)
+            finally:
+                os.close(fd)
+    assert {"10.3.1.1", "10.3.1.2"} <= seen["vm1"][0] and "10.3.2.1" not in seen["vm1"][0]
+    assert "10.3.2.1" in seen["vm2"][0] and not seen["vm2"][0] & {"10.3.1.1", "10.3.1.2"}
     assert seen["vm1"][1] != seen["vm2"][1]
 
 
 def test_reuse_of_pinned_programs_does_not_compile(lab):
     vm1 = lab.plan.vm(1)
     with netns.enter(vm1.ns):
-        state = lab.node(vm1).ensure()
+        state = lab.node(vm1).configure()
     assert not state.load.compiled

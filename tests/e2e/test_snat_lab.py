@@ -8,12 +8,12 @@ import json
 import socket
 import time
 
-from conftest import reason_counts
 from vnetdp import cli, netns
 from vnetdp.datapath import snat
 from vnetdp.lab import fabric, probe
 from vnetdp.lab.connstorm import EchoServer, Job, StormResult, exchange, ns_socket, open_from, storm
 from vnetdp.lab import plan as P
+from vnetdp.lab.observe import counters
 
 INET = str(P.INET_IP)
 ECHO_PORT, UDP_PORT = 7000, 7001
@@ -23,14 +23,14 @@ CONNECTIONS = 5000
 
 
 def snat_drops(lab) -> int:
-    return sum(n for vm in lab.plan.all_vms for r, n in reason_counts(lab, vm).items()
+    return sum(n for vm in lab.plan.all_vms for r, n in counters(lab, vm).items()
                if r.startswith("DROP_SNAT"))
 
 
 def test_ping_tcp_and_udp_reach_the_internet_from_primary_ips_only(lab):
     vm2 = lab.plan.vm(2)
     pod = lab.plan.pod_ns(vm2, 1)
-    before_fabric, before = fabric.counters(lab.plan), reason_counts(lab, vm2)
+    before_fabric, before = fabric.counters(lab.plan), counters(lab, vm2)
     assert probe.ping(pod, INET).ok
     server, client = ns_socket(lab.plan.inet, socket.SOCK_DGRAM), ns_socket(pod, socket.SOCK_DGRAM)
     with server, client:
@@ -43,7 +43,7 @@ def test_ping_tcp_and_udp_reach_the_internet_from_primary_ips_only(lab):
         server.sendto(b"response", (src, sport))
         assert client.recvfrom(100) == (b"response", (INET, UDP_PORT))
     assert (data, src) == (b"request", str(vm2.primary)) and sport in SNAT_PORTS
-    moved = reason_counts(lab, vm2) - before
+    moved = counters(lab, vm2) - before
     assert moved["FWD_SNAT"] >= 4 and moved["FWD_SNAT_REPLY"] >= 4
     after = fabric.counters(lab.plan)
     assert after["inet_not_primary"] == before_fabric["inet_not_primary"]
@@ -155,11 +155,11 @@ def test_snat_disabled_leaves_pod_traffic_untranslated_and_the_fabric_drops_it(l
     vm2 = lab.plan.vm(2)
     before = fabric.counters(lab.plan)["inet_not_primary"]
     with netns.enter(vm2.ns):
-        lab.node(vm2, enable_snat=False).ensure()
+        lab.node(vm2, enable_snat=False).configure()
     try:
         assert not probe.ping(lab.plan.pod_ns(vm2, 1), INET, count=1).ok
         assert fabric.counters(lab.plan)["inet_not_primary"] > before
     finally:
         with netns.enter(vm2.ns):
-            lab.node(vm2).ensure()
+            lab.node(vm2).configure()
     assert probe.ping(lab.plan.pod_ns(vm2, 1), INET, count=1).ok

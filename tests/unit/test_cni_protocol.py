@@ -1,19 +1,20 @@
-"""The CNI protocol layer and config parsing: every error path gets the spec's
-code and changes nothing, results look as each version wants."""
+"""The CNI protocol library (vnetdp.cni): spec (environment, stdin, results),
+skel (one call: the result or the spec's error object, and the exit code) and
+invoke (calling another plugin, in-process or through CNI_PATH)."""
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 
 import pytest
 
-from vnetdp.cni import config, main
-from vnetdp.cni.spec import SUPPORTED_VERSIONS, CniError, Code, Env, Result, parse_config
+from helpers import ADD_ENV, cni_env
+from vnetdp.cni import invoke, skel
+from vnetdp.cni.spec import (SUPPORTED_VERSIONS, CniError, Code, Env, Result, parse_config,
+                             valid_attachments, version_result)
 
-CNI_DIR = pathlib.Path(__file__).resolve().parents[2] / "cni"
-ADD_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0"}
 
-
+# --- spec -------------------------------------------------------------------
 @pytest.mark.parametrize("environ,missing", [
     ({}, "CNI_COMMAND"),
     ({"CNI_COMMAND": "FROB"}, "CNI_COMMAND"),
@@ -56,73 +57,120 @@ def test_results_carry_ip_version_only_before_1_0(version):
     assert Result.parse(result).ips == [{"address": "10.3.1.1/32", "gateway": "169.254.1.1", "interface": 0}]
 
 
-def run_main(environ: dict, stdin: bytes, capsys) -> tuple[int, dict]:
-    rc = main.run("vnetdp", lambda env, conf: {"ok": True}, environ=environ, stdin=stdin)
+def test_valid_attachments_are_gcs_pairs_to_keep():
+    conf = {"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"},
+                                          {"containerID": "c2", "ifname": "eth1", "extra": 1}]}
+    assert valid_attachments(conf) == {("c1", "eth0"), ("c2", "eth1")}
+
+
+@pytest.mark.parametrize("conf", [{}, {"cni.dev/valid-attachments": "c1"},
+                                  {"cni.dev/valid-attachments": [{"containerID": "c1"}]},
+                                  {"cni.dev/valid-attachments": ["c1"]}])
+def test_gc_without_a_valid_list_is_code_7(conf):
+    with pytest.raises(CniError) as e:
+        valid_attachments(conf)
+    assert e.value.code == Code.INVALID_CONFIG and "valid-attachments" in e.value.msg
+
+
+@pytest.mark.parametrize("asked,answered", [("0.3.1", "0.3.1"), ("9.9.9", "1.1.0"), (None, "1.1.0")])
+def test_version_result_answers_in_the_asked_version_when_known(asked, answered):
+    assert version_result({"cniVersion": asked}) == {"cniVersion": answered,
+                                                     "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+# --- skel -------------------------------------------------------------------
+def run_skel(environ: dict, stdin: bytes, capsys, handler=lambda env, conf: {"ok": True}) -> tuple[int, dict]:
+    rc = skel.run("vnetdp", handler, environ=environ, stdin=stdin)
     return rc, json.loads(capsys.readouterr().out)
 
 
 def test_version_command_lists_every_supported_version(capsys):
-    rc, out = run_main({"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}', capsys)
+    rc, out = run_skel({"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}', capsys)
     assert rc == 0 and out == {"cniVersion": "1.0.0", "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
 def test_errors_are_the_spec_error_object_with_exit_1(capsys):
-    rc, out = run_main(ADD_ENV, b'{"cniVersion": "0.4.0", "name": "n"', capsys)
+    rc, out = run_skel(ADD_ENV, b'{"cniVersion": "0.4.0", "name": "n"', capsys)
     assert rc == 1 and out["code"] == Code.DECODING_FAILURE and out["msg"]
-    rc, out = run_main({}, b"{}", capsys)
+    rc, out = run_skel({}, b"{}", capsys)
     assert rc == 1 and out["code"] == Code.INVALID_ENV
+
+
+def test_handler_errors_are_written_in_the_configs_version_with_details(capsys):
+    def refuse(env, conf):
+        raise CniError(Code.POOL_EXHAUSTED, "no address", "add some")
+    rc, out = run_skel(ADD_ENV, b'{"cniVersion": "0.4.0"}', capsys, refuse)
+    assert rc == 1 and out == {"cniVersion": "0.4.0", "code": 100, "msg": "no address", "details": "add some"}
+
+
+def test_handler_gets_the_parsed_call_and_its_result_is_printed(capsys):
+    seen = []
+    rc, out = run_skel(ADD_ENV, b'{"cniVersion": "1.1.0", "name": "n"}', capsys,
+                       lambda env, conf: seen.append((env, conf)) or {"done": env.command})
+    assert rc == 0 and out == {"done": "ADD"}
+    assert seen == [(Env.parse(ADD_ENV), {"cniVersion": "1.1.0", "name": "n"})]
 
 
 def test_unexpected_exception_is_an_internal_error_not_a_traceback(capsys):
     def boom(env, conf):
         raise KeyError("bug")
-    rc = main.run("vnetdp", boom, environ=ADD_ENV, stdin=b'{"cniVersion": "1.1.0"}')
-    out = json.loads(capsys.readouterr().out)
+    rc, out = run_skel(ADD_ENV, b'{"cniVersion": "1.1.0"}', capsys, boom)
     assert rc == 1 and out["code"] == Code.INTERNAL and "bug" in out["msg"]
 
 
-def azure_entry(path: str) -> dict:
-    conflist = json.loads((CNI_DIR / path).read_text())
-    entry = {**conflist["plugins"][0], "cniVersion": conflist["cniVersion"], "name": conflist["name"]}
-    return {**entry, "type": "vnetdp", "ipam": {**entry["ipam"], "type": "vnetdp-ipam"}}
+# --- invoke -----------------------------------------------------------------
+def test_registered_plugin_runs_in_process_with_the_command_override():
+    calls = []
+    invoke.register("fake-ipam", lambda env, conf: calls.append((env, conf)) or {"ips": []})
+    call = Env.parse({**ADD_ENV, "CNI_ARGS": "K8S_POD_NAME=web", "CNI_PATH": "/nowhere"})
+    assert invoke.delegate("fake-ipam", call, {"cniVersion": "1.1.0"}, command="DEL") == {"ips": []}
+    [(seen, conf)] = calls
+    assert seen == Env("DEL", "c1", "/run/netns/x", "eth0", {"K8S_POD_NAME": "web"}, ("/nowhere",))
+    assert conf == {"cniVersion": "1.1.0"}
+    invoke.delegate("fake-ipam", call, {})
+    assert calls[-1][0].command == "ADD"  # no override: the call's own command
 
 
-@pytest.mark.parametrize("path", ["azure-linux.conflist", "azure-linux-transparent.conflist"])
-def test_azure_conflists_parse_after_renaming_the_types(path):
-    conf = config.parse(azure_entry(path))
-    assert conf.host_destinations == ["169.254.20.10/32"]
-    assert conf.enable_snat and conf.local_switching and conf.ipam["type"] == "vnetdp-ipam"
-    assert "accepted and ignored: networkMonitor" in conf.notes
-    assert ("accepted and ignored: bridge" in conf.notes) == (path == "azure-linux.conflist")
-
-
-@pytest.mark.parametrize("field,value,named", [
-    ("multiTenancy", True, "multiTenancy"),
-    ("mode", "transparent-vlan", "mode=transparent-vlan"),
-    ("ipv6Mode", "ipv6nat", "ipv6Mode"),
-])
-def test_fields_asking_for_what_vnetdp_lacks_are_code_2_naming_them(field, value, named):
+def test_registered_plugin_errors_pass_through_unchanged():
+    def refuse(env, conf):
+        raise CniError(Code.POOL_EXHAUSTED, "full")
+    invoke.register("fake-ipam", refuse)
     with pytest.raises(CniError) as e:
-        config.parse({**azure_entry("azure-linux.conflist"), field: value})
-    assert e.value.code == Code.UNSUPPORTED_FIELD and named in e.value.msg
+        invoke.delegate("fake-ipam", cni_env("ADD"), {})
+    assert (e.value.code, e.value.msg) == (Code.POOL_EXHAUSTED, "full")
 
 
-@pytest.mark.parametrize("field,value", [
-    ("enableSnat", "yes"), ("mtu", 10), ("mtu", True), ("nicAttach", "ebpf"), ("vnetCidrs", ["10.0.0.0/33"]),
-    ("snatPorts", [2000, 1000]), ("ipam", {}), ("ipsToRouteViaHost", "169.254.20.10"),
-])
-def test_invalid_values_are_code_7_naming_the_field(field, value):
+@pytest.mark.parametrize("name,path", [("missing", ()), ("missing", ("/nonexistent",)), ("../sh", ("/bin",))])
+def test_unregistered_plugin_not_in_cni_path_is_code_7(name, path):
     with pytest.raises(CniError) as e:
-        config.parse({"cniVersion": "1.1.0", "type": "vnetdp", "ipam": {"type": "vnetdp-ipam"}, field: value})
-    assert e.value.code == Code.INVALID_CONFIG and field.split("/")[0] in e.value.msg
+        invoke.find_plugin(name, path)
+    assert e.value.code == Code.INVALID_CONFIG and repr(name) in e.value.msg
 
 
-def test_own_fields_map_onto_node_settings():
-    conf = config.parse({"cniVersion": "1.1.0", "type": "vnetdp", "ipam": {"type": "host-local"},
-                         "master": "eth1", "vnetCidrs": ["10.3.0.0/16"], "enableSnat": False,
-                         "localSwitching": False, "nicAttach": "xdp", "snatPorts": [50000, 50999],
-                         "stateDir": "/s", "bpffsDir": "/b", "someFutureField": 1})
-    s = conf.node_settings()
-    assert (s.master, s.vnet_cidrs, s.enable_snat, s.local_switching, s.nic_attach, s.snat_ports,
-            s.state_dir, s.bpffs_dir) == ("eth1", ["10.3.0.0/16"], False, False, "xdp", (50000, 50999), "/s", "/b")
-    assert "unknown field ignored: someFutureField" in conf.notes
+def plugin_script(directory, name: str, body: str) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + body)
+    os.chmod(path, 0o755)
+    return path
+
+
+def test_executable_plugin_gets_the_cni_environment_and_config(tmp_path):
+    plugin_script(tmp_path, "echo-ipam",
+                  'printf \'{"cmd": "%s", "cid": "%s", "args": "%s", "stdin": %s}\' '
+                  '"$CNI_COMMAND" "$CNI_CONTAINERID" "$CNI_ARGS" "$(cat)"\n')
+    call = Env("ADD", "c9", "/run/netns/x", "eth0", {"A": "1"}, ("/nonexistent", str(tmp_path)))
+    out = invoke.delegate("echo-ipam", call, {"cniVersion": "1.1.0"}, command="CHECK")
+    assert out == {"cmd": "CHECK", "cid": "c9", "args": "A=1", "stdin": {"cniVersion": "1.1.0"}}
+
+
+def test_executable_plugin_failure_is_its_error_object_or_code_106(tmp_path):
+    plugin_script(tmp_path, "busy", 'echo \'{"code": 11, "msg": "busy", "details": "later"}\'; exit 1\n')
+    plugin_script(tmp_path, "crash", "echo oops >&2; exit 3\n")
+    call = Env("ADD", "c1", "/x", "eth0", {}, (str(tmp_path),))
+    with pytest.raises(CniError) as e:
+        invoke.delegate("busy", call, {})
+    assert (e.value.code, e.value.msg, e.value.details) == (11, "busy: busy", "later")
+    with pytest.raises(CniError) as e:
+        invoke.delegate("crash", call, {})
+    assert e.value.code == Code.DELEGATE_FAILED and "exit 3" in e.value.msg and "oops" in e.value.details

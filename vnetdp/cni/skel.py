@@ -1,12 +1,12 @@
-"""The process side of both plugins: read CNI_* and stdin, run the command,
-write the result or the spec's error object to stdout."""
+"""One call of a CNI plugin: read CNI_* and stdin, run the plugin's handler,
+write the result or the spec's error object to stdout, return the exit code."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from vnetdp.cni.spec import SUPPORTED_VERSIONS, CniError, Code, Env, parse_config, version_result
 
@@ -16,13 +16,17 @@ Handler = Callable[[Env, dict], "dict | None"]
 
 def _logging(conf: dict, plugin: str) -> None:
     level = getattr(logging, str(conf.get("logLevel", "info")).upper(), logging.INFO)
-    handler = logging.FileHandler(conf["logFile"]) if conf.get("logFile") else logging.StreamHandler(sys.stderr)
+    try:
+        handler = logging.FileHandler(conf["logFile"]) if conf.get("logFile") else logging.StreamHandler(sys.stderr)
+    except (OSError, TypeError, ValueError) as e:
+        raise CniError(Code.INVALID_CONFIG, f"config field 'logFile' cannot be opened: {e}")
     handler.setFormatter(logging.Formatter(f"%(asctime)s {plugin}[%(process)d] %(levelname)s %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def run(plugin: str, handler: Handler, environ: dict[str, str] | None = None,
+def run(plugin: str, handler: Handler, environ: Mapping[str, str] | None = None,
         stdin: bytes | None = None) -> int:
+    """Run ``handler`` for the call described by ``environ`` and ``stdin``."""
     environ = os.environ if environ is None else environ
     version = SUPPORTED_VERSIONS[-1]
     try:
@@ -51,15 +55,3 @@ def run(plugin: str, handler: Handler, environ: dict[str, str] | None = None,
         log.exception("internal error")
         print(json.dumps(CniError(Code.INTERNAL, f"internal error: {e!r}").to_json(version)))
         return 1
-
-
-def network(stdin: bytes | None = None) -> int:
-    """The ``vnetdp`` network plugin."""
-    from vnetdp.cni.network import handle
-    return run("vnetdp", handle, stdin=stdin)
-
-
-def ipam(stdin: bytes | None = None) -> int:
-    """The ``vnetdp-ipam`` plugin."""
-    from vnetdp.ipam.plugin import handle
-    return run("vnetdp-ipam", handle, stdin=stdin)

@@ -6,10 +6,13 @@ for (0.3.x and 0.4.0 results carry ``version`` on each IP; 1.x do not).
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # as libcni validates it
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
@@ -71,6 +74,13 @@ class Env:
         missing = [v for v in cls.REQUIRED.get(command, ()) if not environ.get(v)]
         if missing:
             raise CniError(Code.INVALID_ENV, f"{command} needs {', '.join(missing)} in the environment")
+        container_id = environ.get("CNI_CONTAINERID", "")
+        if container_id and not CONTAINER_ID.fullmatch(container_id):
+            raise CniError(Code.INVALID_ENV, f"CNI_CONTAINERID {container_id!r} must be letters, digits, "
+                                             "'_', '.' and '-', starting with a letter or digit")
+        ifname = environ.get("CNI_IFNAME", "")
+        if ifname and (why := ifname_problem(ifname)):
+            raise CniError(Code.INVALID_ENV, f"CNI_IFNAME {ifname!r} {why}")
         args = {}
         for item in filter(None, environ.get("CNI_ARGS", "").split(";")):
             key, sep, value = item.partition("=")
@@ -80,6 +90,20 @@ class Env:
         return cls(command, environ.get("CNI_CONTAINERID", ""), environ.get("CNI_NETNS", ""),
                    environ.get("CNI_IFNAME", ""), args,
                    tuple(filter(None, environ.get("CNI_PATH", "").split(":"))))
+
+
+def ifname_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a pod's interface name (the kernel's rules, and
+    not the pod's loopback); None when it can."""
+    if len(name.encode()) > 15:
+        return "is longer than 15 bytes"
+    if name in (".", ".."):
+        return "cannot be . or .."
+    if any(c == "/" or c == ":" or c.isspace() for c in name):
+        return "cannot contain '/', ':' or whitespace"
+    if name == "lo":
+        return "is the pod's loopback"
+    return None
 
 
 def parse_config(stdin: bytes) -> dict:
@@ -124,10 +148,21 @@ class Result:
 
     @classmethod
     def parse(cls, data: dict) -> Result:
-        """Read a result of any supported version (e.g. a prevResult)."""
-        ips = [{k: v for k, v in ip.items() if k != "version"} for ip in data.get("ips") or []]
-        return cls(list(data.get("interfaces") or []), ips, list(data.get("routes") or []),
-                   dict(data.get("dns") or {}))
+        """Read a result of any supported version (e.g. a prevResult); ValueError
+        naming the part that is not a result."""
+        def objects(key: str, needs: str = "") -> list[dict]:
+            items = data.get(key) or []
+            if not isinstance(items, list) or not all(isinstance(i, dict) and (not needs or needs in i)
+                                                      for i in items):
+                raise ValueError(f"{key} must be a list of objects{f' with {needs!r}' if needs else ''}")
+            return items
+        ips = [{k: v for k, v in ip.items() if k != "version"} for ip in objects("ips", "address")]
+        for ip in ips:
+            ipaddress.ip_interface(ip["address"])
+        dns = data.get("dns") or {}
+        if not isinstance(dns, dict):
+            raise ValueError("dns must be an object")
+        return cls(list(objects("interfaces", "name")), ips, list(objects("routes", "dst")), dict(dns))
 
     def to_json(self, version: str) -> dict:
         ips = self.ips

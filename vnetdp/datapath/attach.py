@@ -1,6 +1,6 @@
 """Attaching pinned programs to devices, idempotently.
 
-Hooks: ``tc`` (ingress), ``egress`` (tc egress) and ``xdp``. tc hooks use tcx where the kernel has it
+Hooks: ``ingress`` and ``egress`` (tc) and ``xdp``. tc hooks use tcx where the kernel has it
 (a BPF link, pinned because the CNI process exits at once: SPEC §9) and else a
 clsact qdisc with a direct-action filter, which outlives its creator by
 itself. ``xdp`` is always a pinned BPF link. Everything works on the calling
@@ -20,8 +20,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vnetdp.datapath import syscall
 from vnetdp.datapath.bpffs import remove_pin
 
-CLSACT_PARENTS = {"tc": "ffff:fff2", "egress": "ffff:fff3"}
-TCX_ATTACH_TYPES = {"tc": syscall.ATTACH_TCX_INGRESS, "egress": syscall.ATTACH_TCX_EGRESS}
+CLSACT_PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
+TCX_ATTACH_TYPES = {"ingress": syscall.ATTACH_TCX_INGRESS, "egress": syscall.ATTACH_TCX_EGRESS}
 FILTER_PRIO = 1
 FILTER_NAME = "vnetdp"
 MODES = ("auto", "tcx", "clsact")
@@ -32,7 +32,7 @@ class Attachment:
     """What is attached at one hook of one device."""
 
     ifindex: int
-    hook: str          # "tc", "egress" or "xdp"
+    hook: str          # "ingress", "egress" or "xdp"
     mechanism: str     # "tcx", "clsact" or "xdp-link"
     prog_id: int
 
@@ -63,7 +63,7 @@ def _link_attachment(pin: str) -> Attachment | None:
         return None
     if info.type == syscall.LINK_TYPE_XDP:
         return Attachment(info.ifindex, "xdp", "xdp-link", info.prog_id)
-    hook = "egress" if info.attach_type == syscall.ATTACH_TCX_EGRESS else "tc"
+    hook = "egress" if info.attach_type == syscall.ATTACH_TCX_EGRESS else "ingress"
     return Attachment(info.ifindex, hook, "tcx", info.prog_id)
 
 
@@ -115,7 +115,7 @@ def _attach_clsact(prog_fd: int, ifindex: int, hook: str, ipr: IPRoute | None) -
                direct_action=True)
 
 
-def ensure(prog_fd: int, ifindex: int, hook: str, pin: str, mode: str = "auto",
+def attach(prog_fd: int, ifindex: int, hook: str, pin: str, mode: str = "auto",
            ipr: IPRoute | None = None, fresh: bool = False) -> Attachment:
     """Attach ``prog_fd`` at (ifindex, hook) unless that very program is there
     already. ``fresh``: the device was just created, nothing can be attached."""

@@ -59,7 +59,7 @@ class Bpffs:
     def link_pin(self, ifname: str, hook: str) -> str:
         return os.path.join(self.links_dir, f"{hook}-{ifname.replace('.', '~')}")
 
-    def ensure(self) -> None:
+    def make_dirs(self) -> None:
         """Create the directories; the root must already be on a bpffs."""
         parent = self.root
         while not os.path.exists(parent):

@@ -1,7 +1,7 @@
 """Compile the C programs with bcc once per node, pin them, and reuse the pins.
 
 A *build* is identified by a hash of every file under ``bpf/`` and of the
-compile flags. ``ensure_loaded`` compiles only when the current build is not
+compile flags. ``load`` compiles only when the current build is not
 pinned yet; later calls (every CNI ADD) just open the pins. Maps are declared
 with ``BPF_TABLE_PINNED``, so a new build picks up the existing maps and their
 contents: upgrading programs keeps endpoints and counters.
@@ -79,7 +79,7 @@ class LoadResult:
 
 
 @dataclass
-class Datapath:
+class Programs:
     """The programs and maps of one node, pinned under ``bpffs``."""
 
     bpffs: Bpffs
@@ -96,7 +96,7 @@ class Datapath:
     def is_loaded(self) -> bool:
         return all(os.path.exists(self.prog_pin(n)) for n in PROGRAMS)
 
-    def ensure_loaded(self) -> LoadResult:
+    def load(self) -> LoadResult:
         """Pinned programs of the current build, compiling them if needed."""
         start = time.perf_counter()
         if self.is_loaded():
@@ -110,7 +110,7 @@ class Datapath:
     def _compile_and_pin(self) -> None:
         from bcc import BPF  # imported here: reusing pins must not pay for bcc
 
-        self.bpffs.ensure()
+        self.bpffs.make_dirs()
         progs_dir = self.bpffs.progs_dir(self.build)
         os.makedirs(progs_dir, exist_ok=True)
         flags = [f'-DVND_MAPS_DIR="{self.bpffs.maps_dir}"', *self.cflags]

@@ -1,9 +1,10 @@
-"""One node's datapath: programs loaded, node settings written, NIC attached.
+"""One node's datapath: its settings, the build of programs it runs, the NIC.
 
-``NodeDatapath.ensure()`` is what every endpoint operation calls first; it is
-cheap when all is in place (pins reused, settings rewritten, attachment found)
-and it is the only place that compiles (through the loader) or attaches to
-the NIC.
+``Node.configure()`` is what every endpoint operation calls first: it loads
+the programs (compiling only when the build is not pinned yet), writes the
+node settings and attaches the NIC program. It is cheap when all is in place
+(pins reused, settings rewritten, attachment found) and it is the only place
+that compiles (through the loader) or attaches to the NIC.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from vnetdp import links
 from vnetdp.datapath import attach
 from vnetdp.datapath import maps as M
 from vnetdp.datapath.bpffs import Bpffs
-from vnetdp.datapath.loader import Datapath, LoadResult
+from vnetdp.datapath.loader import LoadResult, Programs
 from vnetdp.locks import flocked
 
 FABRIC_GATEWAY_MAC = "12:34:56:78:9a:bc"
@@ -57,11 +58,13 @@ class NodeState:
     load: LoadResult
 
 
-class NodeDatapath:
+class Node:
+    """This node's datapath: settings, programs (``Programs``: the compiled build), NIC."""
+
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.bpffs = Bpffs(settings.bpffs_dir)
-        self.datapath = Datapath(self.bpffs, settings.state_dir, settings.cflags)
+        self.programs = Programs(self.bpffs, settings.state_dir, settings.cflags)
 
     def maps(self) -> M.Maps:
         return M.Maps(self.bpffs.maps_dir)
@@ -77,10 +80,10 @@ class NodeDatapath:
             raise NodeSetupError("no default route to pick the NIC from; set 'master'")
         return links.link_by_index(ipr, oif)
 
-    def ensure(self, ipr: IPRoute | None = None) -> NodeState:
+    def configure(self, ipr: IPRoute | None = None) -> NodeState:
         """Load (or reuse) programs, write node settings, attach the NIC program
         (netlink through ``ipr`` when the caller has a socket open)."""
-        load = self.datapath.ensure_loaded()
+        load = self.programs.load()
         with flocked(os.path.join(self.settings.state_dir, "node.lock")):
             if ipr is not None:
                 return self._configure(load, ipr)
@@ -116,13 +119,12 @@ class NodeDatapath:
         return NodeState(nic, primary, cidrs, load)
 
     def _attach_nic(self, nic: links.Link, ipr: IPRoute) -> None:
-        hook = self.settings.nic_attach
-        other = "tc" if hook == "xdp" else "xdp"
+        hook, other = ("xdp", "ingress") if self.settings.nic_attach == "xdp" else ("ingress", "xdp")
         attach.detach(nic.index, other, self.bpffs.link_pin(nic.name, other), ipr)
         prog = "from_nic_xdp" if hook == "xdp" else "from_nic"
-        fd = self.datapath.prog_fd(prog)
+        fd = self.programs.prog_fd(prog)
         try:
-            attach.ensure(fd, nic.index, hook, self.bpffs.link_pin(nic.name, hook),
+            attach.attach(fd, nic.index, hook, self.bpffs.link_pin(nic.name, hook),
                           self.settings.attach_mode, ipr)
         finally:
             os.close(fd)

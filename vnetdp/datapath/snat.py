@@ -10,6 +10,7 @@ per-packet path. ``vnetdp snat sweep --every S`` runs it on a node.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import time
@@ -136,3 +137,30 @@ def sweep(maps: M.Maps, timeouts: Timeouts = Timeouts(), now: int | None = None)
         else:
             remaining += 1
     return SweepResult(expired, orphans, gone, remaining)
+
+
+class Sweeper:
+    """Periodic sweeps of the table pinned under ``bpffs_dir``: the agent's
+    and ``vnetdp snat sweep --every``'s one loop body."""
+
+    def __init__(self, bpffs_dir: str, every: float, timeouts: Timeouts = Timeouts()) -> None:
+        self.bpffs_dir, self.every, self.timeouts = bpffs_dir, every, timeouts
+        self.next = time.monotonic()
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.next - time.monotonic())
+
+    def sweep_if_due(self) -> SweepResult | None:
+        """A sweep when one is due and the maps exist (they are pinned with
+        the node's first pod); None otherwise."""
+        if time.monotonic() < self.next:
+            return None
+        self.next = time.monotonic() + self.every
+        from vnetdp.datapath.bpffs import Bpffs
+        try:
+            with M.Maps(Bpffs(self.bpffs_dir).maps_dir) as m:
+                return sweep(m, self.timeouts)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            return None

@@ -1,20 +1,28 @@
-"""The commands of the ``vnetdp-ipam`` plugin. ``vnetdp`` calls ``handle``
-in-process when its ``ipam.type`` is ``vnetdp-ipam``: the same code as the
-binary, without a second process."""
+"""The commands of the ``vnetdp-ipam`` plugin, and the one place where IPAM's
+errors become CNI codes. ``vnetdp`` runs ``handle`` in-process when its
+``ipam.type`` is ``vnetdp-ipam`` (a registration in ``vnetdp.plugins``): the
+same code as the binary, without a second process."""
 from __future__ import annotations
 
 import ipaddress
 import os
 import time
 
-from vnetdp.cni.attachments import Attachments
-from vnetdp.cni.config import state_dir_of
+from vnetdp import defaults
 from vnetdp.cni.spec import CniError, Code, Env, Result, valid_attachments, version_result
-from vnetdp.ipam.sources import load_pools
+from vnetdp.ipam import errors
+from vnetdp.ipam.sources import Pool, load_pools
 from vnetdp.ipam.store import Allocation, State, Store
 
-TYPE = "vnetdp-ipam"
 REFRESH_S = 30.0  # ADD re-reads the source at most this often (and whenever the pool is empty)
+CODES = {errors.PoolExhausted: Code.POOL_EXHAUSTED, errors.StateCorrupt: Code.STATE_CORRUPT,
+         errors.StateIoError: Code.IO_FAILURE, errors.SourceUnavailable: Code.SOURCE_UNAVAILABLE,
+         errors.BadIpamConfig: Code.INVALID_CONFIG}
+
+
+def as_cni_error(e: errors.IpamError) -> CniError:
+    code = next((CODES[k] for k in type(e).__mro__ if k in CODES), Code.INTERNAL)
+    return CniError(code, e.msg, e.hint)
 
 
 def _ipam(conf: dict) -> dict:
@@ -25,7 +33,7 @@ def _ipam(conf: dict) -> dict:
 
 
 def store_of(conf: dict) -> Store:
-    return Store(_ipam(conf).get("stateDir") or state_dir_of(conf))
+    return Store(_ipam(conf).get("stateDir") or defaults.state_dir(conf))
 
 
 def _nic_mac(conf: dict) -> str | None:
@@ -40,14 +48,32 @@ def _nic_mac(conf: dict) -> str | None:
         try:
             return links.get_link(ipr, master).mac
         except links.LinkNotFound:
-            raise CniError(Code.INVALID_CONFIG, f"master interface {master!r} does not exist")
+            raise errors.BadIpamConfig(f"master interface {master!r} does not exist")
 
 
-def _refresh(state: State, conf: dict, force: bool) -> None:
-    ipam = _ipam(conf)
-    refresh_s = float(ipam.get("refreshSeconds", REFRESH_S))
-    if force or not state.pools or time.time() - state.refreshed > refresh_s:
-        state.refresh(load_pools(ipam, _nic_mac(conf)), time.time())
+def _refresh_seconds(ipam: dict) -> float:
+    value = ipam.get("refreshSeconds", REFRESH_S)
+    if type(value) not in (int, float) or value < 0:
+        raise errors.BadIpamConfig(f"ipam.refreshSeconds must be a number of seconds, not {value!r}")
+    return float(value)
+
+
+def _stale(state: State, ipam: dict) -> bool:
+    """The pool must be re-read: never read, too old, or nothing free."""
+    return not state.pools or state.free() == 0 or time.time() - state.refreshed > _refresh_seconds(ipam)
+
+
+def _fresh_pools(conf: dict) -> list[Pool]:
+    """The source's pools less the node's own addresses (never a pod's,
+    whatever a document says). Fetched outside the store's lock: a slow
+    source must not hold up other pods' calls."""
+    from pyroute2 import IPRoute
+
+    from vnetdp import links
+    with IPRoute() as ipr:
+        own = links.node_addresses(ipr)
+    return [Pool(p.subnet, p.gateway, tuple(a for a in p.addresses if a not in own))
+            for p in load_pools(_ipam(conf), _nic_mac(conf))]
 
 
 def _result(alloc: Allocation, version: str) -> dict:
@@ -58,34 +84,30 @@ def _result(alloc: Allocation, version: str) -> dict:
     return Result(ips=[ip], routes=routes).to_json(version)
 
 
-def rebuild(state_dir: str, valid: set[tuple[str, str]] | None = None) -> State:
-    """A new state from what vnetdp's attachment records say is in use."""
-    allocations = [Allocation(r.container_id, r.ifname, r.address, r.subnet, r.gateway, time.time())
-                   for r in Attachments(state_dir).all()
-                   if r.ipam_type == TYPE and (valid is None or (r.container_id, r.ifname) in valid)]
-    return Store(state_dir).rebuild(allocations)
+def _gc(store: Store, valid: set[tuple[str, str]], network: str) -> None:
+    try:
+        with store.transaction() as state:
+            state.keep_only(valid, network)
+    except errors.StateCorrupt:
+        store.rebuild(a for a in store.leases() if (a.container_id, a.ifname) in valid or not a.of_network(network))
 
 
-def handle(env: Env, conf: dict) -> dict | None:
-    version = conf["cniVersion"]
-    if env.command == "VERSION":
-        return version_result(conf)
-    store = store_of(conf)
+def _command(env: Env, conf: dict, store: Store) -> dict | None:
     if env.command == "GC":
-        valid = valid_attachments(conf)
-        try:
-            with store.transaction() as state:
-                state.keep_only(valid)
-        except CniError as e:
-            if e.code != Code.STATE_CORRUPT:
-                raise
-            rebuild(store.dir, valid)
+        _gc(store, valid_attachments(conf), str(conf.get("name", "")))
         return None
+    pools = None
+    if env.command in ("ADD", "STATUS"):
+        with store.transaction() as state:
+            held = state.find(env.container_id, env.ifname) if env.command == "ADD" else None
+            stale = not held and _stale(state, _ipam(conf))
+        pools = _fresh_pools(conf) if stale else None
     with store.transaction() as state:
+        if pools is not None:
+            state.refresh(pools, time.time())
         if env.command == "ADD":
-            if not state.find(env.container_id, env.ifname):
-                _refresh(state, conf, force=state.free() == 0)
-            return _result(state.allocate(env.container_id, env.ifname, time.time()), version)
+            alloc = state.allocate(env.container_id, env.ifname, time.time(), str(conf.get("name", "")))
+            return _result(alloc, conf["cniVersion"])
         if env.command == "DEL":
             state.release(env.container_id, env.ifname)
             return None
@@ -95,9 +117,17 @@ def handle(env: Env, conf: dict) -> dict | None:
                                f"no address allocated to {env.container_id}/{env.ifname}")
             return None
         if env.command == "STATUS":
-            _refresh(state, conf, force=state.free() == 0)
             if state.free() == 0:
                 raise CniError(Code.NOT_AVAILABLE, "no free address in the pool",
                                "add secondary IP addresses to the VM's NIC")
             return None
     raise CniError(Code.INVALID_ENV, f"unknown command {env.command}")
+
+
+def handle(env: Env, conf: dict) -> dict | None:
+    if env.command == "VERSION":
+        return version_result(conf)
+    try:
+        return _command(env, conf, store_of(conf))
+    except errors.IpamError as e:
+        raise as_cni_error(e) from e

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from vnetdp.cni.spec import CniError, Code
+from vnetdp.ipam.errors import BadIpamConfig, SourceUnavailable, StateIoError
 
 DEFAULT_URL = "http://168.63.129.16/machine/plugins?comp=nmagent&type=getinterfaceinfov1"
-HTTP_TIMEOUT_S = 2.0
+HTTP_TIMEOUT_S = 2.0     # connect and each read
+FETCH_DEADLINE_S = 5.0   # the whole document
+MAX_DOCUMENT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def parse_document(text: str) -> list[Interface]:
     try:
         return parse_xml(text) if text.lstrip().startswith("<") else parse_json(text)
     except (ValueError, KeyError, TypeError, AttributeError, ET.ParseError) as e:
-        raise CniError(Code.SOURCE_UNAVAILABLE, f"interface document is not valid: {e}")
+        raise SourceUnavailable(f"interface document is not valid: {e}")
 
 
 def pools_of(interfaces: list[Interface], nic_mac: str | None) -> list[Pool]:
@@ -78,19 +82,33 @@ def pools_of(interfaces: list[Interface], nic_mac: str | None) -> list[Pool]:
     else:
         chosen = [i for i in interfaces if i.primary] or interfaces[:1]
     if not chosen:
-        raise CniError(Code.SOURCE_UNAVAILABLE,
+        raise SourceUnavailable(
                        f"the interface document lists no interface with MAC {nic_mac}")
     return [Pool(net, next(net.hosts()), tuple(a for a, primary in addrs if not primary))
             for net, addrs in chosen[0].subnets]
 
 
-def fetch_document(url: str) -> str:
+def fetch_document(url: str, deadline_s: float = FETCH_DEADLINE_S) -> str:
+    """The document at ``url`` (http or https), whole within ``deadline_s``
+    however slowly the server sends it."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise BadIpamConfig(f"ipam.url {url!r} must be an http:// or https:// URL")
+    hint = "the host agent serves it; check that the VM can reach it, or set ipam.url"
+    deadline = time.monotonic() + deadline_s
+    chunks, size = [], 0
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
-            return resp.read().decode()
-    except (urllib.error.URLError, OSError) as e:
-        raise CniError(Code.SOURCE_UNAVAILABLE, f"cannot fetch the interface document from {url}: {e}",
-                       "the host agent serves it; check that the VM can reach it, or set ipam.url")
+        with urllib.request.urlopen(url, timeout=min(HTTP_TIMEOUT_S, deadline_s)) as resp:
+            while chunk := resp.read1(65536):
+                chunks.append(chunk)
+                size += len(chunk)
+                if time.monotonic() > deadline or size > MAX_DOCUMENT:
+                    raise SourceUnavailable(f"the interface document from {url} did not arrive whole within "
+                                            f"{deadline_s:g} s and {MAX_DOCUMENT} bytes", hint)
+        return b"".join(chunks).decode()
+    except UnicodeDecodeError as e:
+        raise SourceUnavailable(f"the interface document from {url} is not text: {e}", hint)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise SourceUnavailable(f"cannot fetch the interface document from {url}: {e}", hint)
 
 
 def static_pools(ranges) -> list[Pool]:
@@ -105,7 +123,7 @@ def static_pools(ranges) -> list[Pool]:
             gw = ipaddress.IPv4Address(rng.get("gateway", hosts[0]))
             pools.append(Pool(net, gw, tuple(a for a in hosts if start <= a <= end and a != gw)))
     except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise CniError(Code.INVALID_CONFIG, f"ipam.ranges is not valid: {e}")
+        raise BadIpamConfig(f"ipam.ranges is not valid: {e}")
     return pools
 
 
@@ -116,13 +134,15 @@ def load_pools(ipam: dict, nic_mac: str | None) -> list[Pool]:
         return pools_of(parse_document(fetch_document(ipam.get("url", DEFAULT_URL))), nic_mac)
     if env == "file":
         try:
-            with open(ipam["file"]) as f:
+            with open(ipam["file"], errors="strict") as f:
                 text = f.read()
         except KeyError:
-            raise CniError(Code.INVALID_CONFIG, "ipam.environment file needs ipam.file")
+            raise BadIpamConfig("ipam.environment file needs ipam.file")
         except OSError as e:
-            raise CniError(Code.IO_FAILURE, f"cannot read ipam.file: {e}")
+            raise StateIoError(f"cannot read ipam.file: {e}")
+        except UnicodeDecodeError as e:
+            raise SourceUnavailable(f"ipam.file {ipam['file']} is not text: {e}")
         return pools_of(parse_document(text), nic_mac)
     if env == "static":
         return static_pools(ipam.get("ranges") or [])
-    raise CniError(Code.INVALID_CONFIG, f"ipam.environment {env!r} is not azure, file or static")
+    raise BadIpamConfig(f"ipam.environment {env!r} is not azure, file or static")

@@ -1,11 +1,14 @@
 """The IPAM state file: the pools and which attachment holds which address.
 
 One JSON file in the state directory, changed only inside ``transaction()``:
-an exclusive ``flock`` on a lock file beside it, and a write through a temp
-file, fsync, rename and fsync of the directory, so a crash leaves either the
-old or the new file. A corrupt or empty file is never replaced by an empty
-state: every call reports it (a copy is kept aside for the operator) until
-``rebuild`` writes a good one.
+an exclusive ``flock`` on a lock file beside it, and an atomic write, so a
+crash leaves either the old or the new file. A corrupt or empty file is never
+replaced by an empty state: every call reports it (a copy is kept aside for
+the operator) until ``rebuild`` writes a good one.
+
+Beside it, one lease file per allocated address (``ipam-leases/<address>``,
+as host-local keeps one file per IP): IPAM's own record of who holds what,
+from which ``leases()`` rebuilds a lost state without any other plugin.
 """
 from __future__ import annotations
 
@@ -18,11 +21,13 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from vnetdp.cni.spec import CniError, Code
+from vnetdp.files import atomic_write, fsync_dir, json_files
+from vnetdp.ipam.errors import PoolExhausted, StateCorrupt, StateIoError
 from vnetdp.ipam.sources import Pool
 from vnetdp.locks import flocked
 
 STATE_FILE = "ipam.json"
+LEASES_DIR = "ipam-leases"
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,11 @@ class Allocation:
     subnet: str
     gateway: str
     time: float
+    network: str = ""       # the configuration's name ("" before records carried it)
+
+    def of_network(self, network: str) -> bool:
+        """True when ``network`` owns this allocation (one without a name: any)."""
+        return not self.network or self.network == network
 
 
 @dataclass
@@ -72,7 +82,7 @@ class State:
                        "addresses": [str(a) for a in p.addresses]} for p in pools]
         self.refreshed = now
 
-    def allocate(self, container_id: str, ifname: str, now: float) -> Allocation:
+    def allocate(self, container_id: str, ifname: str, now: float, network: str = "") -> Allocation:
         """The address of (container_id, ifname): the one it holds, or the next
         free one after the last given (round robin, so a released address is
         not handed out again at once)."""
@@ -86,15 +96,15 @@ class State:
             start = addrs.index(last) + 1 if last in addrs else 0
             for address in addrs[start:] + addrs[:start]:
                 if address not in used:
-                    alloc = Allocation(container_id, ifname, address, pool["subnet"], pool["gateway"], now)
+                    alloc = Allocation(container_id, ifname, address, pool["subnet"], pool["gateway"], now,
+                                       network)
                     self.allocations.append(alloc)
                     self.cursor[pool["subnet"]] = address
                     return alloc
         total = sum(len(p["addresses"]) for p in self.pools)
         subnets = ", ".join(p["subnet"] for p in self.pools) or "none"
-        raise CniError(Code.POOL_EXHAUSTED,
-                       f"no free address: all {total} secondary addresses in {subnets} are in use",
-                       "add secondary IP addresses to the VM's NIC (the pool is refreshed on the next ADD)")
+        raise PoolExhausted(f"no free address: all {total} secondary addresses in {subnets} are in use",
+                            "add secondary IP addresses to the VM's NIC (the pool is refreshed on the next ADD)")
 
     def release(self, container_id: str, ifname: str | None = None) -> list[Allocation]:
         gone = [a for a in self.allocations if a.container_id == container_id
@@ -102,20 +112,37 @@ class State:
         self.allocations = [a for a in self.allocations if a not in gone]
         return gone
 
-    def keep_only(self, valid: set[tuple[str, str]]) -> list[Allocation]:
-        """Release every allocation whose (container ID, ifname) is not in ``valid``."""
-        gone = [a for a in self.allocations if (a.container_id, a.ifname) not in valid]
+    def keep_only(self, valid: set[tuple[str, str]], network: str) -> list[Allocation]:
+        """Release every allocation of ``network`` whose (container ID, ifname)
+        is not in ``valid``; other networks' allocations are not GC's to touch."""
+        gone = [a for a in self.allocations
+                if a.of_network(network) and (a.container_id, a.ifname) not in valid]
         self.allocations = [a for a in self.allocations if a not in gone]
         return gone
+
+
+def _is_address(name: str) -> bool:
+    try:
+        return str(ipaddress.IPv4Address(name)) == name
+    except ValueError:
+        return False
 
 
 class Store:
     def __init__(self, state_dir: str) -> None:
         self.dir = state_dir
         self.path = os.path.join(state_dir, STATE_FILE)
+        self.leases_dir = os.path.join(state_dir, LEASES_DIR)
 
-    def _locked(self):
-        return flocked(self.path + ".lock")
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(flocked(self.path + ".lock"))
+            except OSError as e:
+                raise StateIoError(f"cannot lock IPAM state in {self.dir}: {e}",
+                                   "the state directory must exist and be writable")
+            yield
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[State]:
@@ -125,15 +152,24 @@ class Store:
             before = state.to_json()
             yield state
             if state.to_json() != before:
-                self._write(state)
+                self._write(state, [Allocation(**a) for a in before["allocations"]])
 
     def rebuild(self, allocations: Iterable[Allocation]) -> State:
         """Replace the state (also a corrupt one) with these allocations and no
         pools (the next ADD refreshes them from the source)."""
         with self._locked():
             state = State(allocations=list(allocations))
-            self._write(state)
+            self._write(state, self.leases())
             return state
+
+    def leases(self) -> list[Allocation]:
+        """The allocations the lease files record (unreadable ones, and files
+        not named by an address such as a crash's temp file, skipped)."""
+        found = []
+        for data in json_files(self.leases_dir, _is_address):
+            with contextlib.suppress(TypeError):
+                found.append(Allocation(**data))
+        return found
 
     def _load(self) -> State:
         try:
@@ -142,16 +178,15 @@ class Store:
         except FileNotFoundError:
             return State()
         except OSError as e:
-            raise CniError(Code.IO_FAILURE, f"cannot read IPAM state {self.path}: {e}")
+            raise StateIoError(f"cannot read IPAM state {self.path}: {e}")
         try:
             return State.from_json(json.loads(raw))
         except (ValueError, KeyError, TypeError) as e:
             aside = self._keep_aside(raw)
-            raise CniError(Code.STATE_CORRUPT,
-                           f"IPAM state {self.path} is {'empty' if not raw.strip() else 'corrupt'} ({e}); "
-                           f"a copy is kept at {aside}",
-                           "no address is handed out until it is rebuilt: run "
-                           f"'vnetdp ipam rebuild --state-dir {self.dir}' or a CNI GC")
+            raise StateCorrupt(f"IPAM state {self.path} is {'empty' if not raw.strip() else 'corrupt'} ({e}); "
+                               f"a copy is kept at {aside}",
+                               "no address is handed out until it is rebuilt: run "
+                               f"'vnetdp ipam rebuild --state-dir {self.dir}' or a CNI GC")
 
     def _keep_aside(self, raw: str) -> str:
         """A copy of the bad file for the operator (one per distinct content)."""
@@ -160,20 +195,21 @@ class Store:
             shutil.copyfile(self.path, aside)
         return aside
 
-    def _write(self, state: State) -> None:
-        tmp = f"{self.path}.tmp-{os.getpid()}"
+    def _write(self, state: State, before: list[Allocation]) -> None:
+        """The state file, then the lease files of what changed since ``before``."""
         try:
-            with open(tmp, "w") as f:
-                json.dump(state.to_json(), f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            atomic_write(self.path, json.dumps(state.to_json(), indent=1))
+            self._sync_leases(before, state.allocations)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise CniError(Code.IO_FAILURE, f"cannot write IPAM state {self.path}: {e}")
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            raise StateIoError(f"cannot write IPAM state {self.path}: {e}")
+
+    def _sync_leases(self, before: list[Allocation], after: list[Allocation]) -> None:
+        os.makedirs(self.leases_dir, exist_ok=True)
+        gone = set(before) - set(after)
+        for lease in gone:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.leases_dir, lease.address))
+        if gone:
+            fsync_dir(self.leases_dir)
+        for lease in set(after) - set(before):
+            atomic_write(os.path.join(self.leases_dir, lease.address), json.dumps(asdict(lease)))

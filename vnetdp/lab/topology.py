@@ -17,13 +17,13 @@ import subprocess
 import sys
 import time
 
-from vnetdp import agent, install, netns
-from vnetdp.cni.attachments import Attachments
+from vnetdp import defaults, install, netns
 from vnetdp.datapath import bpffs
-from vnetdp.datapath.node import NodeDatapath, NodeSettings
+from vnetdp.datapath.node import Node, NodeSettings
 from vnetdp.lab import cni, fabric, nmagent
 from vnetdp.lab import plan as P
 from vnetdp.lab.shell import ip_batch, run
+from vnetdp.network.records import PodRecords
 
 SERVER_MODULE = "vnetdp.lab.nmagent"
 CLI_MODULE = "vnetdp.cli"
@@ -74,7 +74,7 @@ class Lab:
     def up(self) -> None:
         if self.is_up():
             raise LabError(f"lab {self.plan.lab_id or 'default'} is already up "
-                           f"(vnetdp lab down{' --id ' + self.plan.lab_id if self.plan.lab_id else ''})")
+                           f"(vnetdp-lab down{' --id ' + self.plan.lab_id if self.plan.lab_id else ''})")
         os.makedirs(self.plan.dir, exist_ok=True)
         self._write_state({"pids": [], "mounts": []})
         try:
@@ -133,7 +133,7 @@ class Lab:
         proc = self._start(vm, CLI_MODULE, ["agent", "--state-dir", self.plan.state_dir(vm),
                                             "--bpffs-dir", self.node_bpffs_dir(vm),
                                             "--sweep-every", str(SWEEP_EVERY_S)])
-        _wait_for(lambda: os.path.exists(agent.socket_path(self.plan.state_dir(vm))), proc,
+        _wait_for(lambda: os.path.exists(defaults.agent_socket(self.plan.state_dir(vm))), proc,
                   f"agent in {vm.ns}")
 
     def _start(self, vm: P.Vm, module: str, args: list[str]) -> subprocess.Popen:
@@ -158,11 +158,11 @@ class Lab:
         """Run the VM's installed vnetdp plugin (see ``vnetdp.lab.cni.invoke``)."""
         return cni.invoke(vm.ns, self.cni_bin_dir(vm), command, conf or cni.network_config(), **kw)
 
-    def node(self, vm: P.Vm, **overrides) -> NodeDatapath:
+    def node(self, vm: P.Vm, **overrides) -> Node:
         options = {**self.node_options, **overrides}
         if options.get("nic_attach") == "xdp":
             fabric.finish_checksums(self.plan, vm)
-        return NodeDatapath(NodeSettings(bpffs_dir=self.node_bpffs_dir(vm),
+        return Node(NodeSettings(bpffs_dir=self.node_bpffs_dir(vm),
                                          state_dir=self.plan.state_dir(vm), master="eth0", **options))
 
     def add_pod(self, vm: P.Vm, j: int, conf: dict | None = None) -> ipaddress.IPv4Address:
@@ -178,7 +178,7 @@ class Lab:
     def pod_address(self, vm: P.Vm, j: int) -> ipaddress.IPv4Address:
         """The address of pod j on vm, as its attachment record holds it."""
         ns = self.plan.pod_ns(vm, j)
-        record = Attachments(self.plan.state_dir(vm)).get(ns, "eth0")
+        record = PodRecords(self.plan.state_dir(vm)).get(ns, "eth0")
         if record is None:
             raise LabError(f"pod {ns} has no attachment")
         return ipaddress.IPv4Address(record.address)

@@ -1,6 +1,6 @@
 """The commands of the ``vnetdp`` network plugin (SPEC §4).
 
-ADD: address from the IPAM plugin, an attachment record, then the endpoint
+ADD: address from the IPAM plugin, an pod record, then the endpoint
 (one transaction: a failure undoes the endpoint and releases the address).
 DEL: endpoint, address, record, each step fine when already gone. CHECK: the
 live endpoint, the IPAM allocation and the prevResult agree. GC: every
@@ -9,30 +9,43 @@ programs loadable and addresses free.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
+from collections.abc import Iterator
 
-from vnetdp import endpoint, netns
-from vnetdp.cni import config
-from vnetdp.cni.attachments import Attachments, Record
-from vnetdp.cni.delegate import call_ipam
+from pyroute2 import IPRoute
+
+from vnetdp import endpoint, links, naming, netns
+from vnetdp.cni.invoke import delegate
 from vnetdp.cni.spec import CniError, Code, Env, Result, valid_attachments, version_result
-from vnetdp.datapath.node import NodeDatapath, NodeSetupError
+from vnetdp.datapath.node import Node, NodeSetupError
 from vnetdp.locks import flocked
+from vnetdp.network import config
+from vnetdp.network.records import PodRecord, PodRecords, StateDirError
 
 log = logging.getLogger("vnetdp.cni")
+LOCKS_DIR = "locks"  # one lock file per attachment, in the state directory
 
 
-def _node(conf: config.NetConf) -> NodeDatapath:
-    return NodeDatapath(conf.node_settings())
+def _node(conf: config.NetConf) -> Node:
+    return Node(conf.node_settings())
+
+
+def call_ipam(env: Env, conf: dict, command: str | None = None) -> dict | None:
+    """The configured IPAM plugin's result for ``command`` (default: env's)."""
+    return delegate(conf["ipam"]["type"], env, conf, command)
 
 
 def _as_cni_error(e: BaseException) -> CniError:
     if isinstance(e, CniError):
         return e
-    if isinstance(e, netns.NetnsNotFound):
-        return CniError(Code.INVALID_ENV, f"CNI_NETNS: {e}")
+    if isinstance(e, StateDirError):
+        return CniError(Code.IO_FAILURE, e.strerror, "the state directory must exist and be writable")
+    if isinstance(e, (netns.NetnsNotFound, netns.NotAPodNetns)):
+        return CniError(Code.INVALID_ENV, f"CNI_NETNS {e}")
     if isinstance(e, NodeSetupError):
         return CniError(Code.NODE_SETUP, str(e))
     from vnetdp.datapath.loader import CompileError
@@ -42,51 +55,99 @@ def _as_cni_error(e: BaseException) -> CniError:
     return CniError(Code.ENDPOINT_FAILED, f"endpoint setup failed and was rolled back: {e}")
 
 
-def add(env: Env, conf: config.NetConf) -> dict:
+def _allocate(env: Env, conf: config.NetConf) -> tuple[ipaddress.IPv4Interface, str]:
+    """The IPv4 address (and gateway) the IPAM plugin gives this attachment,
+    released again if it is unusable."""
     ipam = Result.parse(call_ipam(env, conf.raw) or {})
     ip4 = next((ip for ip in ipam.ips if ipaddress.ip_interface(ip["address"]).version == 4), None)
-    if ip4 is None:
+    problem = None if ip4 else f"IPAM plugin {conf.ipam['type']} returned no IPv4 address"
+    if ip4:
+        iface = ipaddress.IPv4Interface(ip4["address"])
+        with IPRoute() as ipr:
+            if iface.ip in links.node_addresses(ipr):
+                problem = f"IPAM plugin {conf.ipam['type']} returned {iface.ip}, an address of this node"
+    if problem:
         call_ipam(env, conf.raw, "DEL")
-        raise CniError(Code.DELEGATE_FAILED, f"IPAM plugin {conf.ipam['type']} returned no IPv4 address")
-    iface = ipaddress.IPv4Interface(ip4["address"])
-    atts = Attachments(conf.state_dir)
-    record = Record(env.container_id, env.ifname, env.netns, str(iface.ip), conf.ipam["type"],
-                    str(iface.network), ip4.get("gateway", ""),
-                    env.args.get("K8S_POD_NAMESPACE", ""), env.args.get("K8S_POD_NAME", ""))
-    try:
-        atts.save(record)
-        info = endpoint.add(_node(conf), env.container_id, env.netns, env.ifname, iface.ip, conf.mtu)
-    except BaseException as e:
-        try:
-            call_ipam(env, conf.raw, "DEL")
-            atts.remove(env.container_id, env.ifname)
-        finally:
-            raise _as_cni_error(e) from e
-    log.info("ADD %s/%s: %s on %s", env.container_id, env.ifname, iface.ip, info.host_ifname)
+        raise CniError(Code.DELEGATE_FAILED, problem)
+    return iface, ip4.get("gateway", "")
+
+
+def _result(env: Env, conf: config.NetConf, record: PodRecord) -> dict:
     prev = conf.prev_result or Result()
     first = len(prev.interfaces)
     gateway = str(endpoint.POD_GATEWAY)
     result = Result(
-        interfaces=prev.interfaces + [{"name": info.host_ifname, "mac": info.host_mac},
-                                      {"name": env.ifname, "mac": info.pod_mac, "sandbox": env.netns}],
-        ips=prev.ips + [{"address": f"{iface.ip}/32", "gateway": gateway, "interface": first + 1}],
+        interfaces=prev.interfaces + [{"name": naming.host_ifname(env.container_id, env.ifname),
+                                       "mac": record.host_mac},
+                                      {"name": env.ifname, "mac": record.pod_mac, "sandbox": env.netns}],
+        ips=prev.ips + [{"address": f"{record.address}/32", "gateway": gateway, "interface": first + 1}],
         routes=prev.routes + [{"dst": "0.0.0.0/0", "gw": gateway}],
         dns=conf.raw.get("dns") or prev.dns)
     return result.to_json(conf.version)
 
 
+def _plumb(env: Env, conf: config.NetConf, records: PodRecords, record: PodRecord) -> PodRecord:
+    """The endpoint for a saved record; the record with its MACs (the same
+    ones again when the record has them: a repair does not change them)."""
+    macs = (record.host_mac, record.pod_mac) if record.pod_mac else None
+    info = endpoint.add(_node(conf), env.container_id, env.netns, env.ifname,
+                        ipaddress.IPv4Address(record.address), conf.mtu, macs)
+    done = dataclasses.replace(record, host_mac=info.host_mac, pod_mac=info.pod_mac)
+    records.save(done)
+    log.info("ADD %s/%s: %s on %s", env.container_id, env.ifname, record.address, info.host_ifname)
+    return done
+
+
+def _add_again(env: Env, conf: config.NetConf, records: PodRecords, record: PodRecord) -> dict:
+    """ADD for an attachment that exists: its result, untouched, when the
+    endpoint is intact; repaired (same address and MACs) when it is not."""
+    if record.netns != env.netns:
+        raise CniError(Code.INVALID_ENV, f"{env.container_id}/{env.ifname} is attached in {record.netns}, "
+                                         f"not {env.netns}", "DEL it before adding it elsewhere")
+    problems = endpoint.check(_node(conf), env.container_id, env.ifname, env.netns,
+                              ipaddress.IPv4Address(record.address))
+    if problems or not record.pod_mac:
+        log.warning("ADD %s/%s again: repairing (%s)", env.container_id, env.ifname,
+                    "; ".join(problems) or "interrupted ADD")
+        endpoint.delete(_node(conf), env.container_id, env.ifname, ipaddress.IPv4Address(record.address))
+        record = _plumb(env, conf, records, record)
+    return _result(env, conf, record)
+
+
+def add(env: Env, conf: config.NetConf) -> dict:
+    records = PodRecords(conf.state_dir)
+    existing = records.get(env.container_id, env.ifname)
+    if existing is not None:
+        return _add_again(env, conf, records, existing)
+    iface, gateway = _allocate(env, conf)
+    record = PodRecord(env.container_id, env.ifname, env.netns, str(iface.ip), conf.ipam["type"],
+                       str(iface.network), gateway,
+                       env.args.get("K8S_POD_NAMESPACE", ""), env.args.get("K8S_POD_NAME", ""), conf.name)
+    try:
+        records.save(record)
+        record = _plumb(env, conf, records, record)
+    except BaseException as e:
+        try:
+            endpoint.delete(_node(conf), env.container_id, env.ifname, iface.ip)
+            call_ipam(env, conf.raw, "DEL")
+            records.remove(env.container_id, env.ifname)
+        finally:
+            raise _as_cni_error(e) from e
+    return _result(env, conf, record)
+
+
 def delete(env: Env, conf: config.NetConf) -> None:
-    atts = Attachments(conf.state_dir)
-    record = atts.get(env.container_id, env.ifname)
+    records = PodRecords(conf.state_dir)
+    record = records.get(env.container_id, env.ifname)
     address = ipaddress.IPv4Address(record.address) if record else None
     endpoint.delete(_node(conf), env.container_id, env.ifname, address)
     call_ipam(env, conf.raw, "DEL")
-    atts.remove(env.container_id, env.ifname)
+    records.remove(env.container_id, env.ifname)
     log.info("DEL %s/%s: %s released", env.container_id, env.ifname, address or "no record,")
 
 
 def check(env: Env, conf: config.NetConf) -> None:
-    record = Attachments(conf.state_dir).get(env.container_id, env.ifname)
+    record = PodRecords(conf.state_dir).get(env.container_id, env.ifname)
     if record is None:
         raise CniError(Code.UNKNOWN_CONTAINER, f"no attachment {env.container_id}/{env.ifname} on this node")
     address = ipaddress.IPv4Address(record.address)
@@ -104,21 +165,23 @@ def check(env: Env, conf: config.NetConf) -> None:
 def gc(env: Env, conf: config.NetConf) -> None:
     valid = valid_attachments(conf.raw)
     node = _node(conf)
-    atts = Attachments(conf.state_dir)
-    for record in atts.all():
-        if (record.container_id, record.ifname) not in valid:
+    records = PodRecords(conf.state_dir)
+    for record in records.all():
+        # GC of one network never touches another's pods (records without a name: any).
+        mine = not record.network or record.network == conf.name
+        if mine and (record.container_id, record.ifname) not in valid:
             endpoint.delete(node, record.container_id, record.ifname,
                             ipaddress.IPv4Address(record.address))
-            atts.remove(record.container_id, record.ifname)
+            records.remove(record.container_id, record.ifname)
             log.info("GC %s/%s: %s released", record.container_id, record.ifname, record.address)
-    keep = {endpoint.host_ifname(r.container_id, r.ifname) for r in atts.all()}
+    keep = {naming.host_ifname(r.container_id, r.ifname) for r in records.all()}
     endpoint.remove_strays(node, keep)
     call_ipam(env, conf.raw, "GC")
 
 
 def status(env: Env, conf: config.NetConf) -> None:
     node = _node(conf)
-    if not node.datapath.is_loaded():
+    if not node.programs.is_loaded():
         try:
             import bcc  # noqa: F401  (ADD would compile: it must be able to)
         except ImportError:
@@ -136,12 +199,29 @@ def handle(env: Env, conf: dict) -> dict | None:
     netconf = config.parse(conf)
     for note in netconf.notes:
         log.info("config: %s", note)
-    if env.command in ("ADD", "CHECK") and not os.path.exists(env.netns):
-        raise CniError(Code.INVALID_ENV, f"CNI_NETNS {env.netns} does not exist")
-    # GC alone: an ADD between its listing and its removal would lose its veth.
-    lock = os.path.join(netconf.state_dir, "gc.lock")
+    if env.command in ("ADD", "CHECK"):
+        try:  # before anything is allocated: a pod's netns, not the node's, not a FIFO
+            os.close(netns.open_pod_ns(env.netns))
+        except (netns.NetnsNotFound, netns.NotAPodNetns) as e:
+            raise _as_cni_error(e) from e
     try:
-        with flocked(lock, exclusive=env.command == "GC"):
+        with _locks(env, netconf.state_dir):
             return COMMANDS[env.command](env, netconf)
     except BaseException as e:
         raise _as_cni_error(e) from e
+
+
+@contextlib.contextmanager
+def _locks(env: Env, state_dir: str) -> Iterator[None]:
+    """GC alone (an ADD between its listing and its removal would lose its
+    veth); calls for one attachment one at a time (concurrent ADDs for one
+    container and ifname would each tear down the other's veth)."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(flocked(os.path.join(state_dir, "gc.lock"), exclusive=env.command == "GC"))
+            if env.container_id and env.ifname:
+                name = f"{naming.attachment_hash(env.container_id, env.ifname)[:24]}.lock"
+                held.enter_context(flocked(os.path.join(state_dir, LOCKS_DIR, name)))
+        except OSError as e:
+            raise StateDirError(e.errno, f"cannot lock in the state directory {state_dir}: {e}") from e
+        yield

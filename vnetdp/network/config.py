@@ -13,12 +13,11 @@ which ``vnetdp install`` bakes into the installed entry points.
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass, field
 
 from vnetdp.cni.spec import CniError, Code, Result
 from vnetdp.datapath.node import NodeSettings
-from vnetdp.paths import DEFAULT_BPFFS_DIR, DEFAULT_STATE_DIR
+from vnetdp import defaults
 
 CNI_FIELDS = {"cniVersion", "name", "type", "ipam", "dns", "capabilities", "runtimeConfig",
               "prevResult", "args", "cni.dev/valid-attachments", "cni.dev/attachments"}
@@ -50,8 +49,8 @@ class NetConf:
     local_switching: bool = True
     nic_attach: str = "tc"
     snat_ports: tuple[int, int] = (61000, 65535)
-    state_dir: str = DEFAULT_STATE_DIR
-    bpffs_dir: str = DEFAULT_BPFFS_DIR
+    state_dir: str = defaults.DEFAULT_STATE_DIR
+    bpffs_dir: str = defaults.DEFAULT_BPFFS_DIR
     log_file: str | None = None
     log_level: str = "info"
     prev_result: Result | None = None
@@ -86,10 +85,6 @@ def _networks(conf: dict, name: str, host: bool = False) -> list[str] | None:
         raise _invalid(name, f"must list IPv4 {'addresses' if host else 'prefixes'}: {e}")
 
 
-def state_dir_of(conf: dict) -> str:
-    return conf.get("stateDir") or os.environ.get("VNETDP_STATE_DIR") or DEFAULT_STATE_DIR
-
-
 def parse(conf: dict) -> NetConf:
     refused = [k for k, bad in AZURE_REFUSED.items() if k in conf and bad(conf[k])]
     mode = conf.get("mode")
@@ -101,9 +96,16 @@ def parse(conf: dict) -> NetConf:
     notes = [f"accepted and ignored: {k}" for k in sorted(AZURE_IGNORED & conf.keys())]
     known = CNI_FIELDS | OWN_FIELDS | AZURE_MAPPED | AZURE_IGNORED | AZURE_REFUSED.keys()
     notes += [f"unknown field ignored: {k}" for k in sorted(conf.keys() - known)]
+    for required in ("name", "type"):
+        if not _typed(conf, required, str):
+            raise _invalid(required, "is required (a non-empty string)")
     ipam = _typed(conf, "ipam", dict, {})
-    if not ipam.get("type"):
+    if not ipam.get("type") or not isinstance(ipam["type"], str):
         raise _invalid("ipam", "must name an IPAM plugin in ipam.type (e.g. vnetdp-ipam)")
+    if ipam["type"] == conf["type"]:
+        raise _invalid("ipam", f"names the network plugin {conf['type']!r} as its own IPAM: "
+                               "use vnetdp-ipam (or another IPAM plugin)")
+    _typed(conf, "dns", dict)
     mtu = _typed(conf, "mtu", int)
     if mtu is not None and not 68 <= mtu <= 65535:
         raise _invalid("mtu", "must be between 68 and 65535")
@@ -111,17 +113,20 @@ def parse(conf: dict) -> NetConf:
     if nic_attach not in ("tc", "xdp"):
         raise _invalid("nicAttach", "must be tc or xdp")
     ports = _typed(conf, "snatPorts", list, [61000, 65535])
-    if len(ports) != 2 or not all(isinstance(p, int) for p in ports) or not 1 <= ports[0] <= ports[1] <= 65535:
+    if len(ports) != 2 or not all(type(p) is int for p in ports) or not 1 <= ports[0] <= ports[1] <= 65535:
         raise _invalid("snatPorts", "must be [first, last] ports")
     prev = _typed(conf, "prevResult", dict)
+    try:
+        prev_result = Result.parse(prev) if prev else None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise _invalid("prevResult", f"is not a CNI result: {e}")
     return NetConf(
-        raw=conf, version=conf["cniVersion"], name=_typed(conf, "name", str, ""),
-        type=_typed(conf, "type", str, ""), ipam=ipam, master=_typed(conf, "master", str),
+        raw=conf, version=conf["cniVersion"], name=conf["name"], type=conf["type"], ipam=ipam, master=_typed(conf, "master", str),
         mtu=mtu, vnet_cidrs=_networks(conf, "vnetCidrs"),
         host_destinations=_networks(conf, "ipsToRouteViaHost", host=True) or [],
         enable_snat=_typed(conf, "enableSnat", bool, True),
         local_switching=_typed(conf, "localSwitching", bool, True), nic_attach=nic_attach,
-        snat_ports=(ports[0], ports[1]), state_dir=state_dir_of(conf),
-        bpffs_dir=_typed(conf, "bpffsDir", str) or os.environ.get("VNETDP_BPFFS_DIR") or DEFAULT_BPFFS_DIR,
+        snat_ports=(ports[0], ports[1]), state_dir=defaults.state_dir({"stateDir": _typed(conf, "stateDir", str)}),
+        bpffs_dir=defaults.bpffs_dir({"bpffsDir": _typed(conf, "bpffsDir", str)}),
         log_file=_typed(conf, "logFile", str), log_level=_typed(conf, "logLevel", str, "info"),
-        prev_result=Result.parse(prev) if prev else None, notes=notes)
+        prev_result=prev_result, notes=notes)

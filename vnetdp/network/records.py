@@ -1,18 +1,27 @@
-"""What the network plugin remembers per attachment (container ID, ifname):
-the netns, the address and the runtime's pod name. Written before any
-plumbing, removed after all of it is gone, so DEL and GC always know what to
-undo, also after a crash or with the pod's namespace already deleted."""
+"""What the network plugin remembers per pod attachment (container ID,
+ifname): the network, the netns, the address and the runtime's pod name.
+Written before any plumbing, removed after all of it is gone, so DEL and GC
+always know what to undo, also after a crash or with the pod's namespace
+already deleted. ("Attachment" alone means a BPF program on a hook.)"""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 
+from vnetdp.files import atomic_write, json_files
+from vnetdp.naming import attachment_hash
+
+RECORDS_DIR = "attachments"  # the directory's name since the first release
+
+
+class StateDirError(OSError):
+    """The state directory cannot be written (or locked)."""
+
 
 @dataclass(frozen=True)
-class Record:
+class PodRecord:
     container_id: str
     ifname: str
     netns: str
@@ -22,30 +31,31 @@ class Record:
     gateway: str = ""
     k8s_namespace: str = ""
     k8s_pod: str = ""
+    network: str = ""       # the network configuration's name
+    host_mac: str = ""      # the endpoint's MACs once it is up (a repeated ADD returns them)
+    pod_mac: str = ""
 
 
-class Attachments:
+class PodRecords:
+    """The records of one node, one JSON file each."""
+
     def __init__(self, state_dir: str) -> None:
-        self.dir = os.path.join(state_dir, "attachments")
+        self.dir = os.path.join(state_dir, RECORDS_DIR)
 
     def _path(self, container_id: str, ifname: str) -> str:
-        key = hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:24]
-        return os.path.join(self.dir, f"{key}.json")
+        return os.path.join(self.dir, f"{attachment_hash(container_id, ifname)[:24]}.json")
 
-    def save(self, record: Record) -> None:
-        os.makedirs(self.dir, exist_ok=True)
-        path = self._path(record.container_id, record.ifname)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(asdict(record), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    def save(self, record: PodRecord) -> None:
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            atomic_write(self._path(record.container_id, record.ifname), json.dumps(asdict(record)))
+        except OSError as e:
+            raise StateDirError(e.errno, f"cannot write the pod record in {self.dir}: {e.strerror}") from e
 
-    def get(self, container_id: str, ifname: str) -> Record | None:
+    def get(self, container_id: str, ifname: str) -> PodRecord | None:
         try:
             with open(self._path(container_id, ifname)) as f:
-                return Record(**json.load(f))
+                return PodRecord(**json.load(f))
         except (FileNotFoundError, ValueError, TypeError):
             return None
 
@@ -53,15 +63,9 @@ class Attachments:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(container_id, ifname))
 
-    def all(self) -> list[Record]:
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return []
+    def all(self) -> list[PodRecord]:
         records = []
-        for name in names:
-            if name.endswith(".json"):
-                with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
-                    with open(os.path.join(self.dir, name)) as f:
-                        records.append(Record(**json.load(f)))
+        for data in json_files(self.dir, lambda name: name.endswith(".json")):
+            with contextlib.suppress(TypeError):
+                records.append(PodRecord(**data))
         return records

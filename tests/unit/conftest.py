@@ -1,0 +1,15 @@
+"""Fixtures of the unit tests (shared constants and helpers: helpers.py)."""
+from __future__ import annotations
+
+import pytest
+
+from vnetdp.cni import invoke
+
+
+@pytest.fixture(autouse=True)
+def in_process(monkeypatch) -> dict:
+    """invoke's registry of in-process plugins, empty for each test and
+    restored after it (``vnetdp.plugins.run`` registers vnetdp-ipam there)."""
+    registry: dict = {}
+    monkeypatch.setattr(invoke, "_IN_PROCESS", registry)
+    return registry

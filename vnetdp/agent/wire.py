@@ -1,0 +1,61 @@
+"""The agent's framing, shared by the CNI entry point and the agent.
+
+Request: ``<plugin>\\n<env length>\\n<env: KEY=VALUE joined by NUL><stdin>``.
+Reply: ``<exit code> <stdout length>\\n<stdout><stderr>``.
+Only C modules and ``os`` load here: the entry point imports this module
+first, and every import is start-up time of every CNI call.
+"""
+import _socket
+import os
+
+MAX_REQUEST = 1 << 20
+
+
+def encode_request(plugin: str, environ, stdin: bytes) -> bytes:
+    env = b"\0".join(os.fsencode(f"{k}={v}") for k, v in environ.items())
+    return b"%s\n%d\n%s%s" % (plugin.encode(), len(env), env, stdin)
+
+
+def decode_request(data: bytes) -> tuple[str, dict[str, str], bytes]:
+    plugin, env_len, rest = data.split(b"\n", 2)
+    env_blob, stdin = rest[:int(env_len)], rest[int(env_len):]
+    env = dict(os.fsdecode(item).split("=", 1) for item in env_blob.split(b"\0") if item)
+    return plugin.decode(), env, stdin
+
+
+def encode_reply(rc: int, stdout: bytes, stderr: bytes) -> bytes:
+    return b"%d %d\n%s%s" % (rc, len(stdout), stdout, stderr)
+
+
+def decode_reply(data: bytes) -> tuple[int, bytes, bytes]:
+    """Raises ValueError when ``data`` is not a whole reply."""
+    head, sep, rest = data.partition(b"\n")
+    rc, out_len = map(int, head.split())
+    if not sep or len(rest) < out_len:
+        raise ValueError("truncated reply")
+    return rc, rest[:out_len], rest[out_len:]
+
+
+def recv_all(sock, limit: int = MAX_REQUEST) -> bytes:
+    chunks, size = [], 0
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise ValueError("message too large")
+    return b"".join(chunks)
+
+
+def call(path: str, plugin: str, environ, stdin: bytes) -> tuple[int, bytes, bytes] | None:
+    """The agent's (exit code, stdout, stderr) for one call; None when no
+    agent answers at ``path`` (the caller then runs the call itself)."""
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        s.sendall(encode_request(plugin, environ, stdin))
+        s.shutdown(_socket.SHUT_WR)
+        return decode_reply(recv_all(s, 1 << 30))
+    except (OSError, ValueError):
+        return None
+    finally:
+        s.close()

@@ -1,0 +1,56 @@
+"""Durable file replacement: the one way vnetdp writes a file that must
+survive a crash whole or not at all."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``: a temp file beside it, fsync, rename,
+    fsync of the directory. A crash leaves the old file or the new one."""
+    directory = os.path.dirname(path) or "."
+    tmp = f"{path}.tmp-{os.getpid()}"
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def json_files(directory: str, wanted: Callable[[str], bool]) -> Iterator[dict]:
+    """The JSON objects in ``directory``'s files whose names are ``wanted``;
+    files that vanish or do not hold an object are skipped."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in filter(wanted, names):
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(directory, name)) as f:
+                data = json.load(f)
+            if isinstance(data, dict):
+                yield data

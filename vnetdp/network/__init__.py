@@ -1,0 +1,1 @@
+"""The ``vnetdp`` network plugin: configuration, commands, pod records."""
