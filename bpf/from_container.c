@@ -106,20 +106,20 @@ static __always_inline void to_fabric(const struct vnd_node *node, struct ethhdr
 static __always_inline void to_outside(struct vnd_pkt *p, struct ethhdr *eth, struct iphdr *ip,
 				       const struct vnd_node *node, struct vnd_verdict *v)
 {
-	int err;
+	int reason;
 
 	if (!(node->flags & VND_NODE_SNAT)) {
 		to_fabric(node, eth, ip, v, VND_FWD_UNTRANSLATED);
 		return;
 	}
-	err = snat_egress(p, ip, node);
-	if (err) {
-		verdict_drop(v, err);
+	reason = snat_egress(p, ip, node);
+	if (reason >= VND_DROP_MIN) {
+		verdict_drop(v, reason);
 		return;
 	}
 	ip = reread_ipv4(p, &eth, v);
 	if (ip)
-		to_fabric(node, eth, ip, v, VND_FWD_SNAT);
+		to_fabric(node, eth, ip, v, reason);
 }
 
 static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v)

@@ -1,8 +1,9 @@
 /*
  * The VM NIC's receive side, as tc ingress (from_nic) or XDP (from_nic_xdp):
  * SPEC §5 "From the NIC". Frames for a local pod go straight into it,
- * replies of translated flows (and ICMP errors about them) are translated
- * back and go into their pod; all else reaches the host stack untouched.
+ * replies of translated flows (their fragments, and ICMP errors about them)
+ * are translated back and go into their pod; all else reaches the host
+ * stack untouched.
  */
 #include "lib/common.h"
 #include "lib/maps.h"

@@ -9,7 +9,6 @@
 
 #define VND_IP_MF 0x2000        /* more fragments */
 #define VND_IP_OFFSET 0x1fff    /* fragment offset, in 8-byte units */
-#define VND_IP_MF_OFFSET (VND_IP_MF | VND_IP_OFFSET) /* set on every fragment */
 
 /*
  * The IPv4 header after eth, or NULL when the frame is too short to hold it
@@ -36,6 +35,20 @@ static __always_inline struct iphdr *ipv4_header(struct ethhdr *eth, void *data_
 static __always_inline int ipv4_has_l4(const struct iphdr *ip)
 {
 	return !(ip->frag_off & bpf_htons(VND_IP_OFFSET));
+}
+
+/* Which part of a datagram an IPv4 packet is (ipv4_fragment()). */
+enum vnd_frag {
+	VND_FRAG_NONE = 0,      /* unfragmented */
+	VND_FRAG_FIRST = 1,     /* offset 0, more fragments: carries the transport header */
+	VND_FRAG_LATER = 2,     /* any other offset: data only */
+};
+
+static __always_inline int ipv4_fragment(const struct iphdr *ip)
+{
+	if (!ipv4_has_l4(ip))
+		return VND_FRAG_LATER;
+	return ip->frag_off & bpf_htons(VND_IP_MF) ? VND_FRAG_FIRST : VND_FRAG_NONE;
 }
 
 /*

@@ -24,6 +24,9 @@
 #ifndef VND_MAX_SNAT
 #define VND_MAX_SNAT 131072     /* entries, two per translated flow */
 #endif
+#ifndef VND_MAX_SNAT_FRAGS
+#define VND_MAX_SNAT_FRAGS 4096 /* fragmented datagrams of translated flows in flight */
+#endif
 
 /*
  * The layouts section: every struct, enum and constant that the control plane
@@ -69,6 +72,7 @@ struct vnd_node {
 	__u16 snat_port_min;    /* host order */
 	__u16 snat_port_max;
 	__u32 flags;            /* VND_NODE_* */
+	__u32 snat_flows_per_endpoint; /* translated flows one pod may create; 0: no limit */
 };
 
 /* What a destination prefix in vnd_vnet_cidrs means. */
@@ -114,6 +118,7 @@ struct vnd_snat_key {
 };
 
 #define VND_SNAT_CLOSING 1      /* a TCP FIN or RST went through */
+#define VND_SNAT_REPLIED 2      /* IN entries: a reply came since the flow opened (or a SYN reopened it) */
 
 struct vnd_snat_val {
 	__u64 last_seen;        /* bpf_ktime_get_ns(), refreshed at most once a second */
@@ -121,6 +126,29 @@ struct vnd_snat_val {
 	__be16 port;
 	__u8 flags;             /* VND_SNAT_* */
 	__u8 pad;
+};
+
+/* A pod's translated flows, as counted against the node's snat_flows_per_endpoint:
+ * the datapath adds each flow it creates, the control plane's sweep overwrites
+ * the count with a recount. A pod without an entry has none. */
+struct vnd_snat_quota {
+	__u32 flows;
+};
+
+/* A fragmented datagram of a translated flow, as its fragments carry it: the
+ * first fragment is translated by its ports, later ones by this key. */
+struct vnd_snat_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;              /* the IPv4 identification */
+	__u8 proto;
+	__u8 dir;               /* enum vnd_snat_dir */
+};
+
+struct vnd_snat_frag_val {
+	__u64 first_seen;       /* bpf_ktime_get_ns() of the first fragment */
+	__be32 addr;            /* the translated address: OUT the primary IP, IN the pod's */
+	__u32 pad;
 };
 
 /* Test builds only (VND_TEST_TRACE): the last redirect a program asked for. */
@@ -146,6 +174,11 @@ BPF_TABLE_PINNED("lru_hash", struct vnd_flow_key, __u64, vnd_host_flows,
  * where LRU would silently evict one direction of a live flow. */
 BPF_TABLE_PINNED("hash", struct vnd_snat_key, struct vnd_snat_val, vnd_snat,
 		 VND_MAX_SNAT, VND_MAPS_DIR "/snat");
+BPF_TABLE_PINNED("hash", __be32, struct vnd_snat_quota, vnd_snat_quota,
+		 VND_MAX_ENDPOINTS, VND_MAPS_DIR "/snat_quota");
+/* LRU: a datagram's fragments follow its first within moments; old ones may go. */
+BPF_TABLE_PINNED("lru_hash", struct vnd_snat_frag_key, struct vnd_snat_frag_val,
+		 vnd_snat_frags, VND_MAX_SNAT_FRAGS, VND_MAPS_DIR "/snat_frags");
 
 #ifdef VND_TEST_TRACE
 BPF_TABLE_PINNED("array", __u32, struct vnd_redirect_trace, vnd_trace, 1,

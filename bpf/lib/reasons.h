@@ -19,6 +19,7 @@ enum vnd_reason {
 	VND_FWD_SNAT_REPLY = 9,     /* from the NIC: reply of a translated flow, into its pod */
 	VND_FWD_SNAT_ICMP_ERROR = 10, /* from the NIC: ICMP error quoting a translated packet, into its pod */
 	VND_FWD_HOST_FLOW = 11,     /* pod's reply in a flow the host stack delivered (e.g. DNAT): back to the host */
+	VND_FWD_SNAT_FRAGMENT = 12, /* later fragment of a translated datagram, its address rewritten as its first fragment's */
 	VND_DROP_SPOOF_IP = 64,     /* source IPv4 is not the endpoint's */
 	VND_DROP_SPOOF_MAC = 65,    /* source MAC is not the endpoint's */
 	VND_DROP_MALFORMED = 66,    /* truncated or invalid header */
@@ -27,11 +28,12 @@ enum vnd_reason {
 	VND_DROP_NO_NODE_CONFIG = 69, /* node settings not written yet */
 	VND_DROP_SNAT_NO_PORT = 70, /* every SNAT port tried toward this destination was taken */
 	VND_DROP_SNAT_TABLE_FULL = 71, /* the SNAT table has no room for a new flow */
-	VND_DROP_SNAT_UNSUPPORTED = 72, /* leaving the VNet but untranslatable: fragment, or not TCP/UDP/ICMP echo */
+	VND_DROP_SNAT_UNSUPPORTED = 72, /* leaving the VNet but untranslatable: not TCP/UDP/ICMP echo, or a later fragment of no translated datagram */
 	VND_DROP_VLAN = 73,         /* VLAN-tagged (802.1Q, 802.1ad, priority tag) frame from a pod */
 	VND_DROP_MARTIAN = 74,      /* to 0.0.0.0/8, 127.0.0.0/8, multicast, 240.0.0.0/4 or broadcast from a pod */
 	VND_DROP_HOST_AGENT = 75,   /* to the cloud host agent (168.63.129.16 TCP 80, 32526) from a pod, not allowed on this node */
 	VND_DROP_METADATA = 76,     /* to the instance metadata service 169.254.169.254 from a pod, not allowed on this node */
+	VND_DROP_SNAT_QUOTA = 77,   /* the pod has as many translated flows as the node allows one pod */
 };
 
 #define VND_DROP_MIN 64

@@ -6,8 +6,11 @@
  * pod's tuple, holds the primary IP and the SNAT port; IN, keyed by the tuple
  * replies carry, holds the pod's address and port. Creating a flow claims the
  * IN entry first: a port is free toward a destination exactly when that
- * insert succeeds. The datapath only stamps last_seen and TCP closing;
- * expiry is the control plane's sweep (vnetdp/datapath/snat.py).
+ * insert succeeds. Each pod's new flows are counted in vnd_snat_quota and
+ * refused beyond the node's snat_flows_per_endpoint. The datapath only
+ * stamps last_seen, TCP closing and the first reply; expiry, and the recount
+ * of each pod's flows, are the control plane's sweep
+ * (vnetdp/datapath/snat.py). Fragments: lib/snat_frag.h.
  */
 #ifndef VND_SNAT_H
 #define VND_SNAT_H
@@ -17,6 +20,7 @@
 #include "maps.h"
 #include "pkt.h"
 #include "reasons.h"
+#include "snat_frag.h"
 
 #ifndef VND_SNAT_RETRIES
 #define VND_SNAT_RETRIES 32     /* random ports tried after the first choice */
@@ -42,20 +46,11 @@ struct vnd_l4 {
 };
 
 /*
- * Only whole datagrams are translated: a first fragment's transport header
- * would be rewritten without the fragments its checksum also covers, and a
- * later fragment has none (SPEC §5).
- */
-static __always_inline int snat_fragment(const struct iphdr *ip)
-{
-	return ip->frag_off & bpf_htons(VND_IP_MF_OFFSET);
-}
-
-/*
- * Parse the transport header after ip, which ipv4_check() has passed.
- * Outbound, our side is the source (ICMP: echo requests); inbound, the
- * destination (ICMP: echo replies). Returns -1 for what cannot be
- * translated: fragments, other protocols and ICMP types.
+ * Parse the transport header after ip, which ipv4_check() has passed: an
+ * unfragmented packet or a first fragment (ipv4_has_l4()). Outbound, our
+ * side is the source (ICMP: echo requests); inbound, the destination (ICMP:
+ * echo replies). Returns -1 for what cannot be translated: other protocols
+ * and ICMP types.
  */
 static __always_inline int snat_l4(const struct vnd_pkt *p, struct iphdr *ip, int inbound,
 				   struct vnd_l4 *l4)
@@ -64,7 +59,7 @@ static __always_inline int snat_l4(const struct vnd_pkt *p, struct iphdr *ip, in
 	void *end = pkt_end(p);
 	__u32 off = ETH_HLEN + ip->ihl * 4;
 
-	if (snat_fragment(ip))
+	if (!ipv4_has_l4(ip))
 		return -1;
 	l4->proto = ip->protocol;
 	if (ip->protocol == IPPROTO_TCP) {
@@ -141,12 +136,13 @@ static __always_inline void snat_touch(struct vnd_snat_val *val, const struct vn
 		val->flags |= VND_SNAT_CLOSING;
 	} else if ((tcp_flags & (VND_TCP_SYN | VND_TCP_ACK)) == VND_TCP_SYN &&
 		   (val->flags & VND_SNAT_CLOSING)) {
-		/* The same tuple opens a new connection: both directions live again. */
-		val->flags &= ~VND_SNAT_CLOSING;
+		/* The same tuple opens a new connection: both directions live
+		 * again, and it has seen no reply yet. */
+		val->flags &= ~(VND_SNAT_CLOSING | VND_SNAT_REPLIED);
 		snat_reverse_key(&rev, key, val);
 		other = vnd_snat.lookup(&rev);
 		if (other)
-			other->flags &= ~VND_SNAT_CLOSING;
+			other->flags &= ~(VND_SNAT_CLOSING | VND_SNAT_REPLIED);
 	}
 }
 
@@ -170,6 +166,37 @@ static __always_inline int snat_reclaim(struct vnd_snat_key *in_key, __u64 now)
 	return 1;
 }
 
+/*
+ * Whether the pod at pod may not create another translated flow: the node
+ * limits each pod's flows (snat_flows_per_endpoint, 0 for no limit) so that
+ * one pod cannot take the table or a destination's ports from the others.
+ * A pod without a count has no flows.
+ */
+static __always_inline int snat_quota_reached(const struct vnd_node *node, __be32 pod)
+{
+	struct vnd_snat_quota *quota;
+
+	if (!node->snat_flows_per_endpoint)
+		return 0;
+	quota = vnd_snat_quota.lookup(&pod);
+	return quota && quota->flows >= node->snat_flows_per_endpoint;
+}
+
+/* Count a flow the pod at pod has created. */
+static __always_inline void snat_quota_charge(__be32 pod)
+{
+	struct vnd_snat_quota *quota = vnd_snat_quota.lookup(&pod), one = { .flows = 1 };
+
+	if (!quota) {
+		if (!vnd_snat_quota.insert(&pod, &one))
+			return;
+		quota = vnd_snat_quota.lookup(&pod);    /* another CPU created it meanwhile */
+		if (!quota)
+			return;
+	}
+	__sync_fetch_and_add(&quota->flows, 1);
+}
+
 static __always_inline __u16 snat_random_port(__u16 min, __u32 range)
 {
 	return min + bpf_get_prandom_u32() % range;
@@ -178,7 +205,8 @@ static __always_inline __u16 snat_random_port(__u16 min, __u32 range)
 /*
  * Create both entries of a new flow; *tr receives the translation. The pod's
  * own port is kept when it lies in the range and is free, otherwise random
- * ports are tried. Returns 0 or a drop reason.
+ * ports are tried. The pod's quota is checked first and charged once both
+ * entries are in. Returns 0 or a drop reason.
  */
 static __always_inline int snat_create(struct vnd_snat_key *out_key,
 				       const struct vnd_node *node, struct vnd_snat_val *tr)
@@ -193,6 +221,8 @@ static __always_inline int snat_create(struct vnd_snat_key *out_key,
 	int i, err = -VND_EEXIST;
 	__u32 range;
 
+	if (snat_quota_reached(node, out_key->saddr))
+		return VND_DROP_SNAT_QUOTA;
 	if (!min || max < min)
 		return VND_DROP_SNAT_NO_PORT;
 	range = (__u32)max - min + 1;
@@ -217,8 +247,10 @@ static __always_inline int snat_create(struct vnd_snat_key *out_key,
 	tr->flags = 0;
 	tr->pad = 0;
 	err = vnd_snat.insert(out_key, tr);
-	if (!err)
+	if (!err) {
+		snat_quota_charge(out_key->saddr);
 		return 0;
+	}
 	vnd_snat.delete(&in_key);
 	/* Another CPU created this flow meanwhile: use its translation. */
 	raced = err == -VND_EEXIST ? vnd_snat.lookup(out_key) : NULL;
@@ -253,12 +285,12 @@ static __always_inline int snat_rewrite(struct vnd_pkt *p, __u32 ip_off, __u32 a
 }
 
 /*
- * SPEC §5 pod step 5: translate the source of a packet leaving the VNet to
- * the primary IP and a SNAT port. Returns 0 (the caller re-reads the headers:
- * helpers may have moved them) or a drop reason.
+ * Translate the source of an unfragmented packet or a first fragment
+ * leaving the VNet; *addr receives the new source address. Returns
+ * VND_FWD_SNAT or a drop reason.
  */
-static __always_inline int snat_egress(struct vnd_pkt *p, struct iphdr *ip,
-				       const struct vnd_node *node)
+static __always_inline int snat_translate_out(struct vnd_pkt *p, struct iphdr *ip,
+					      const struct vnd_node *node, __be32 *addr)
 {
 	__u32 ip_off = ETH_HLEN;
 	struct vnd_snat_val *found, tr;
@@ -278,19 +310,20 @@ static __always_inline int snat_egress(struct vnd_pkt *p, struct iphdr *ip,
 		if (err)
 			return err;
 	}
+	*addr = tr.addr;
 	if (snat_rewrite(p, ip_off, ip_off + offsetof(struct iphdr, saddr), &l4, key.saddr,
 			 tr.addr, l4.sport, tr.port))
 		return VND_DROP_MALFORMED;
-	return 0;
+	return VND_FWD_SNAT;
 }
 
 /*
- * SPEC §5 NIC step 2, a reply: rewrite the destination back to the pod.
- * Returns 0 when the packet belongs to no translated flow (it passes to the
- * host untouched), VND_FWD_SNAT_REPLY with *ep set, or a drop reason.
+ * Rewrite the destination of an unfragmented reply or a first fragment
+ * back to the pod, *pod receiving the pod's address, and mark its flow
+ * replied. Returns as snat_reply().
  */
-static __always_inline int snat_reply(struct vnd_pkt *p, struct iphdr *ip,
-				      struct vnd_endpoint **ep)
+static __always_inline int snat_translate_in(struct vnd_pkt *p, struct iphdr *ip,
+					     struct vnd_endpoint **ep, __be32 *pod)
 {
 	__u32 ip_off = ETH_HLEN;
 	struct vnd_snat_val *in, tr;
@@ -307,7 +340,10 @@ static __always_inline int snat_reply(struct vnd_pkt *p, struct iphdr *ip,
 	if (!*ep)
 		return 0;
 	snat_touch(in, &key, l4.tcp_flags);
+	if (!(in->flags & VND_SNAT_REPLIED))
+		in->flags |= VND_SNAT_REPLIED;
 	tr = *in;
+	*pod = tr.addr;
 	if (snat_rewrite(p, ip_off, ip_off + offsetof(struct iphdr, daddr), &l4, key.daddr,
 			 tr.addr, l4.dport, tr.port))
 		return VND_DROP_MALFORMED;
@@ -315,11 +351,65 @@ static __always_inline int snat_reply(struct vnd_pkt *p, struct iphdr *ip,
 }
 
 /*
+ * A packet of a translated flow in direction dir (enum vnd_snat_dir, a
+ * constant): unfragmented, or a first fragment, translated by its flow
+ * (needing node outbound; setting *ep inbound) and recorded for the later
+ * fragments of its datagram, or a later fragment, which follows its first.
+ * Returns as snat_reply(), VND_FWD_SNAT outbound.
+ */
+static __always_inline int snat_packet(struct vnd_pkt *p, struct iphdr *ip, __u8 dir,
+				       const struct vnd_node *node, struct vnd_endpoint **ep)
+{
+	int frag = ipv4_fragment(ip), reason;
+	struct vnd_snat_frag_key frag_key;
+	__be32 addr = 0;
+
+	snat_frag_key(&frag_key, ip, dir);
+	if (frag == VND_FRAG_LATER)
+		return snat_frag_follow(p, &frag_key, dir, ep);
+	if (dir == VND_SNAT_OUT)
+		reason = snat_translate_out(p, ip, node, &addr);
+	else
+		reason = snat_translate_in(p, ip, ep, &addr);
+	if (frag == VND_FRAG_FIRST)
+		snat_frag_first(&frag_key, reason && reason < VND_DROP_MIN ? addr : 0);
+	return reason;
+}
+
+/*
+ * SPEC §5 pod step 5: translate the source of a packet leaving the VNet to
+ * the primary IP and a SNAT port. Returns VND_FWD_SNAT, VND_FWD_SNAT_FRAGMENT
+ * for a later fragment, or a drop reason; after a translation the caller
+ * re-reads the headers (helpers may have moved them).
+ */
+static __always_inline int snat_egress(struct vnd_pkt *p, struct iphdr *ip,
+				       const struct vnd_node *node)
+{
+	struct vnd_endpoint *none = NULL;
+	int reason = snat_packet(p, ip, VND_SNAT_OUT, node, &none);
+
+	return reason ? reason : VND_DROP_SNAT_UNSUPPORTED;
+}
+
+/*
+ * SPEC §5 NIC step 2, a reply: rewrite the destination back to the pod.
+ * Returns 0 when the packet belongs to no translated flow (it passes to the
+ * host untouched), VND_FWD_SNAT_REPLY, or VND_FWD_SNAT_FRAGMENT for a later
+ * fragment, with *ep set, or a drop reason.
+ */
+static __always_inline int snat_reply(struct vnd_pkt *p, struct iphdr *ip,
+				      struct vnd_endpoint **ep)
+{
+	return snat_packet(p, ip, VND_SNAT_IN, NULL, ep);
+}
+
+/*
  * SPEC §5 NIC step 2, an ICMP error quoting a translated packet (RFC 5508):
  * the outer destination, the quoted source and the quoted source port (or
  * echo id) go back to the pod's. The quoted transport checksum is left as
  * quoted: the quote is usually cut before it and nobody verifies it. Only
- * whole ICMP errors are read, and only quotes of packets that start with
+ * whole ICMP errors are read (a fragmented one's later fragments would
+ * reach the host), and only quotes of packets that start with
  * their transport header, within the packet ipv4_check() has passed.
  * Returns as snat_reply().
  */
@@ -337,7 +427,8 @@ static __always_inline int snat_icmp_error(struct vnd_pkt *p, struct iphdr *ip,
 	__be32 old_saddr;
 	__u8 *th;
 
-	if (ip->protocol != IPPROTO_ICMP || snat_fragment(ip) || (void *)(icmp + 1) > end)
+	if (ip->protocol != IPPROTO_ICMP || ipv4_fragment(ip) != VND_FRAG_NONE ||
+	    (void *)(icmp + 1) > end)
 		return 0;
 	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED &&
 	    icmp->type != ICMP_PARAMETERPROB)

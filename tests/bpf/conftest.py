@@ -44,6 +44,14 @@ def maps(datapath: Programs) -> Iterator[M.Maps]:
     m.clear_metrics()
     for entry in m.snat_entries():
         m.delete_snat(entry)
+    for ip in m.snat_quotas():
+        m.delete_snat_quota(ip)
+    for flow in m.host_flows():
+        m.delete_host_flow(flow)
+    frags = M.PinnedMap(f"{m.dir}/snat_frags", "struct vnd_snat_frag_key", "struct vnd_snat_frag_val")
+    for key in list(frags.keys()):
+        frags.delete(key)
+    frags.close()
     m.put_node(M.Node(0, "00:00:00:00:00:00", "00:00:00:00:00:00", "0.0.0.0", 0, 0, 0))
     m.close()
 

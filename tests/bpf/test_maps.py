@@ -14,7 +14,10 @@ import struct
 from dataclasses import dataclass, field
 
 import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
 
+from pkt_harness import POD_A
 from vnetdp.datapath import layouts as L
 from vnetdp.datapath import maps as M
 from vnetdp.datapath import syscall
@@ -121,7 +124,8 @@ def compiled(datapath) -> tuple[list[CompiledMap], dict[str, tuple[int, list[tup
 
 def test_every_map_key_and_value_is_a_layouts_type_of_the_compiled_size(compiled):
     maps, _ = compiled
-    assert {m.name for m in maps} >= {"endpoints", "node", "vnet_cidrs", "metrics", "snat", "trace"}
+    assert {m.name for m in maps} >= {"endpoints", "node", "vnet_cidrs", "metrics", "snat", "snat_quota",
+                                     "snat_frags", "host_flows", "trace"}
     for m in maps:
         assert (L.sizeof(m.key), L.sizeof(m.value)) == (m.key_size, m.value_size), m.name
 
@@ -141,7 +145,7 @@ def test_a_type_the_layouts_section_lacks_fails_loudly(datapath):
     with pytest.raises(L.LayoutError, match="enum vnd_nope is not declared"):
         L.enum("vnd_nope")
     # A map opened with a layout that is not its own is refused, not misread.
-    with pytest.raises(L.LayoutError, match=r"node: the map's key and value are 4 and 28 bytes"):
+    with pytest.raises(L.LayoutError, match=r"node: the map's key and value are 4 and 32 bytes"):
         M.PinnedMap(f"{datapath.bpffs.maps_dir}/node", "__u32", "struct vnd_endpoint")
 
 
@@ -187,3 +191,31 @@ def test_reason_table_parses_and_separates_drops():
     assert table[64].name == "DROP_SPOOF_IP" and table[64].is_drop
     assert not table[1].is_drop
     assert all(r.description for r in table.values())
+
+
+def test_node_flow_limit_round_trips_and_defaults_to_no_limit(maps):
+    node = maps.node()
+    assert node.snat_flows_per_endpoint == 0
+    maps.put_node(M.Node(**{**node.__dict__, "snat_flows_per_endpoint": 500}))
+    assert maps.node().snat_flows_per_endpoint == 500
+
+
+def test_snat_quota_round_trips_and_a_missing_count_is_zero(maps):
+    pod = ipaddress.IPv4Address("10.3.1.9")
+    assert maps.snat_quota(pod) == 0 and maps.snat_quotas() == {}
+    maps.put_snat_quota(str(pod), 7)
+    assert maps.snat_quota(pod) == 7 and maps.snat_quotas() == {pod: 7}
+    assert maps.delete_snat_quota(pod) and not maps.delete_snat_quota(pod)
+    assert maps.snat_quota(pod) == 0
+
+
+def test_host_flows_are_listed_and_deleted(maps, run):
+    ep = POD_A["ep"]
+    for l4 in (TCP(sport=40000, dport=8080, flags="S"), UDP(sport=5353, dport=53)):
+        run("to_container", Ether(src=ep.host_mac, dst=ep.pod_mac) / IP(src="198.51.100.7", dst=POD_A["ip"]) / l4)
+    pod, remote = ipaddress.IPv4Address(POD_A["ip"]), ipaddress.IPv4Address("198.51.100.7")
+    flows = sorted(maps.host_flows(), key=lambda f: f.proto)
+    assert flows == [M.HostFlow(pod, remote, 8080, 40000, 6), M.HostFlow(pod, remote, 53, 5353, 17)]
+    assert all(f.last_seen_ns > 0 for f in flows)
+    assert maps.delete_host_flow(flows[0]) and not maps.delete_host_flow(flows[0])
+    assert maps.host_flows() == flows[1:]

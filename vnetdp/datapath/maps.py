@@ -12,7 +12,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from vnetdp.datapath import layouts as L
@@ -182,17 +182,19 @@ class Node:
     snat_port_min: int = 61000
     snat_port_max: int = 65535
     flags: int = CONSTANTS["NODE_LOCAL_SWITCHING"] | CONSTANTS["NODE_SNAT"]
+    snat_flows_per_endpoint: int = 0    # translated flows one pod may create; 0: no limit
 
     def to_c(self):
         return L.new("struct vnd_node", {
             "nic_ifindex": self.nic_ifindex, "nic_mac": mac_bytes(self.nic_mac), "gw_mac": mac_bytes(self.gw_mac),
             "primary_ip": ip_be32(self.primary_ip), "snat_port_min": self.snat_port_min,
-            "snat_port_max": self.snat_port_max, "flags": self.flags})
+            "snat_port_max": self.snat_port_max, "flags": self.flags,
+            "snat_flows_per_endpoint": self.snat_flows_per_endpoint})
 
     @classmethod
     def from_c(cls, c) -> Node:
         return cls(c.nic_ifindex, mac_str(c.nic_mac), mac_str(c.gw_mac), ip_of(c.primary_ip),
-                   c.snat_port_min, c.snat_port_max, c.flags)
+                   c.snat_port_min, c.snat_port_max, c.flags, c.snat_flows_per_endpoint)
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,12 @@ class SnatEntry:
     addr: ipaddress.IPv4Address  # OUT: primary IP; IN: pod address
     port: int                    # OUT: SNAT port; IN: pod port
     last_seen_ns: int            # CLOCK_MONOTONIC
-    flags: int
+    flags: int                   # SNAT_CLOSING, SNAT_REPLIED (IN entries)
+
+    @property
+    def replied(self) -> bool:
+        """An IN entry whose flow has had a reply (since a SYN reopened it)."""
+        return bool(self.flags & CONSTANTS["SNAT_REPLIED"])
 
     def key(self):
         return L.new("struct vnd_snat_key", {
@@ -219,6 +226,28 @@ class SnatEntry:
     def from_c(cls, k, v) -> SnatEntry:
         return cls(k.dir, k.proto, ip_of(k.saddr), ip_of(k.daddr), socket.ntohs(k.sport),
                    socket.ntohs(k.dport), ip_of(v.addr), socket.ntohs(v.port), v.last_seen, v.flags)
+
+
+@dataclass(frozen=True)
+class HostFlow:
+    """A flow the host stack delivered to a pod (a DNAT's), whose replies go back to the host."""
+
+    pod: ipaddress.IPv4Address
+    remote: ipaddress.IPv4Address
+    pod_port: int
+    remote_port: int
+    proto: int
+    last_seen_ns: int = field(default=0, compare=False)  # CLOCK_MONOTONIC
+
+    def key(self):
+        return L.new("struct vnd_flow_key", {
+            "pod": ip_be32(self.pod), "remote": ip_be32(self.remote), "pod_port": socket.htons(self.pod_port),
+            "remote_port": socket.htons(self.remote_port), "proto": self.proto})
+
+    @classmethod
+    def from_c(cls, k, last_seen_ns: int = 0) -> HostFlow:
+        return cls(ip_of(k.pod), ip_of(k.remote), socket.ntohs(k.pod_port), socket.ntohs(k.remote_port),
+                   k.proto, last_seen_ns)
 
 
 @dataclass(frozen=True)
@@ -246,9 +275,12 @@ class Maps:
         self._metrics = PinnedMap(f"{maps_dir}/metrics", "struct vnd_metrics_key", "struct vnd_metrics_val",
                                   percpu=True)
         self._snat = PinnedMap(f"{maps_dir}/snat", "struct vnd_snat_key", "struct vnd_snat_val")
+        self._snat_quota = PinnedMap(f"{maps_dir}/snat_quota", "__be32", "struct vnd_snat_quota")
+        self._host_flows = PinnedMap(f"{maps_dir}/host_flows", "struct vnd_flow_key", "__u64")
 
     def close(self) -> None:
-        for m in (self._endpoints, self._node, self._cidrs, self._metrics, self._snat):
+        for m in (self._endpoints, self._node, self._cidrs, self._metrics, self._snat, self._snat_quota,
+                  self._host_flows):
             m.close()
 
     def __enter__(self) -> Maps:
@@ -296,6 +328,28 @@ class Maps:
 
     def delete_snat(self, entry: SnatEntry) -> bool:
         return self._snat.delete(entry.key())
+
+    # translated flows per pod (the datapath counts up, the sweep recounts)
+    def snat_quota(self, ip: ipaddress.IPv4Address | str) -> int:
+        """The pod's counted flows; 0 when it has no count."""
+        c = self._snat_quota.get(ip_be32(ip))
+        return c.flows if c is not None else 0
+
+    def put_snat_quota(self, ip: ipaddress.IPv4Address | str, flows: int) -> None:
+        self._snat_quota.put(ip_be32(ip), {"flows": flows})
+
+    def delete_snat_quota(self, ip: ipaddress.IPv4Address | str) -> bool:
+        return self._snat_quota.delete(ip_be32(ip))
+
+    def snat_quotas(self) -> dict[ipaddress.IPv4Address, int]:
+        return {ip_of(k): v.flows for k, v in self._snat_quota.items()}
+
+    # flows the host stack delivered to pods
+    def host_flows(self) -> list[HostFlow]:
+        return [HostFlow.from_c(k, v) for k, v in self._host_flows.batch_items()]
+
+    def delete_host_flow(self, flow: HostFlow) -> bool:
+        return self._host_flows.delete(flow.key())
 
     # counters
     def metrics(self) -> list[Metric]:
