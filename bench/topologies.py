@@ -82,8 +82,8 @@ class Direct(Topology):
 class LabTopology(Topology):
     """A one-VM lab with pods 1 and 2; idle pods are added from slot 3 on."""
 
-    def __init__(self, pool: int = 250) -> None:
-        self.lab = Lab(P.Plan(secrets.token_hex(2), vms=1, pool=pool))
+    def __init__(self, pool: int = 250, **node_settings) -> None:
+        self.lab = Lab(P.Plan(secrets.token_hex(2), vms=1, pool=pool), **node_settings)
         self.vm = self.lab.plan.vm(1)
         self.pods = 0
 
@@ -106,10 +106,10 @@ class LabTopology(Topology):
 
 class Vnetdp(LabTopology):
     def __init__(self, nic_attach: str = "tc", pool: int = 250) -> None:
-        super().__init__(pool)
+        super().__init__(pool, nicAttach=nic_attach)
         self.nic_attach = nic_attach
         self.name = f"vnetdp-{nic_attach}"
-        self.conf = cni.network_config(nicAttach=nic_attach)
+        self.conf = cni.network_config()
 
     def up(self) -> None:
         self.lab.up()

@@ -4,7 +4,8 @@ Examples:
   vnetdp counters --bpffs-dir DIR        datapath counters of the node pinned at DIR
   vnetdp snat list --bpffs-dir DIR       the node's translated flows
   vnetdp snat sweep --bpffs-dir DIR [--every S]   expire idle and closed flows
-  vnetdp install [--cni-bin-dir D] [--cni-conf-dir D]   CNI plugins + compiled datapath
+  vnetdp install [--cni-bin-dir D] [--cni-conf-dir D] [--set KEY=VALUE]  CNI plugins + datapath
+  vnetdp node show|set [KEY=VALUE ...] [--state-dir D]   the node's settings (enableSnat=false, ...)
   vnetdp ipam show|rebuild --state-dir DIR          the IPAM state of a node
   vnetdp agent [--state-dir D] [--bpffs-dir D]      node agent: CNI fast path, SNAT sweeps
 
@@ -79,7 +80,8 @@ def _install(args: argparse.Namespace) -> int:
     from vnetdp.install import install
 
     for item in install(args.cni_bin_dir, args.cni_conf_dir, args.state_dir, args.bpffs_dir,
-                        args.ipam_url, compile_programs=not args.no_compile):
+                        args.ipam_url, compile_programs=not args.no_compile,
+                        node_settings=dict(map(_setting, args.set))):
         print(f"installed {item}")
     return 0
 
@@ -111,6 +113,36 @@ def _ipam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting(item: str) -> tuple[str, object]:
+    """KEY=VALUE with a JSON value (a bare word is a string; VALUE empty: the default)."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"{item!r} is not KEY=VALUE")
+    try:
+        return key, json.loads(value) if value else None
+    except ValueError:
+        return key, value
+
+
+def _node(args: argparse.Namespace) -> int:
+    from vnetdp.datapath.node import Node, NodeSettings
+    from vnetdp.datapath.settings import FIELDS, NodeSettingsFile
+
+    file = NodeSettingsFile(args.state_dir)
+    current = file.update(dict(map(_setting, args.settings))) if args.action == "set" else file.load()
+    if args.action == "set":
+        node = Node(NodeSettings(args.bpffs_dir, args.state_dir, **current))
+        if node.programs.is_loaded():  # else the node's first pod applies them
+            node.configure()
+    shown = {name: current[f.attribute] for name, f in FIELDS.items()}
+    if args.json:
+        print(json.dumps(shown, indent=2))
+    else:
+        for name, value in shown.items():
+            print(f"{name:<20} {json.dumps(value)}")
+    return 0
+
+
 def _agent(args: argparse.Namespace) -> int:
     from vnetdp.agent import server
 
@@ -136,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     _node_args(snat)
     snat.add_argument("--json", action="store_true", help="list: as JSON")
     snat.add_argument("--every", type=float, help="sweep: repeat every this many seconds")
-    for name in ("tcp", "tcp_closing", "udp", "icmp", "orphan"):
+    for name in ("tcp", "tcp_closing", "udp", "icmp", "orphan", "embryonic"):
         snat.add_argument(f"--{name.replace('_', '-')}-timeout", dest=name, type=float,
                           help=f"sweep: idle seconds before a {name.replace('_', ' ')} flow expires")
     snat.set_defaults(func=_snat)
@@ -148,11 +180,21 @@ def main(argv: list[str] | None = None) -> int:
     inst.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     inst.add_argument("--ipam-url", help="interface document URL (default: the Azure host agent's)")
     inst.add_argument("--no-compile", action="store_true", help="leave compiling to the first ADD")
+    inst.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a node setting (see vnetdp node), repeatable")
     inst.set_defaults(func=_install)
     ipam = sub.add_parser("ipam", help="the node's IPAM state")
     ipam.add_argument("action", choices=["show", "rebuild"])
     ipam.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     ipam.set_defaults(func=_ipam)
+    node = sub.add_parser("node", help="the node's settings (SNAT, VNet prefixes, NIC hook, ...)")
+    node.add_argument("action", choices=["show", "set"])
+    node.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                      help="set: config names with JSON values, e.g. enableSnat=false vnetCidrs='[\"10.3.0.0/16\"]'")
+    node.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    node.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
+    node.add_argument("--json", action="store_true")
+    node.set_defaults(func=_node)
     agent = sub.add_parser("agent", help="the node agent: CNI fast path and SNAT sweeps")
     agent.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     agent.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from vnetdp import links, netns
 from vnetdp.naming import host_ifname, is_host_ifname
-from vnetdp.datapath import attach
+from vnetdp.datapath import attach, snat
 from vnetdp.datapath import maps as M
 from vnetdp.datapath import syscall
 from vnetdp.datapath.node import Node
@@ -106,12 +106,15 @@ def _attach_pod_xdp(node: Node, ifname: str, host_name: str) -> None:
 
 
 def _forget(node: Node, address: ipaddress.IPv4Address | None, ifindex: int | None) -> None:
-    """Remove the map entry for ``address`` if it still belongs to ``ifindex``."""
+    """Remove the map entry for ``address`` if it still belongs to ``ifindex``,
+    and the address's flows with it: before the address can go to another
+    pod, which must never receive this one's traffic."""
     with node.maps() as m:
         if address is not None:
             ep = m.endpoint(address)
-            if ep is not None and (ifindex is None or ep.ifindex == ifindex):
+            if ep is None or ifindex is None or ep.ifindex == ifindex:
                 m.delete_endpoint(address)
+                snat.purge(m, address)
         if ifindex is not None:
             m.forget_metrics(ifindex)
 

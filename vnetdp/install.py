@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vnetdp import plugins
 from vnetdp.defaults import DEFAULT_BPFFS_DIR, DEFAULT_STATE_DIR
+from vnetdp.datapath.settings import NodeSettingsFile
 from vnetdp.files import atomic_write
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding vnetdp/
@@ -34,8 +35,10 @@ def entry_point_text(defaults: dict[str, str]) -> str:
 
 def install(bin_dir: str = "/opt/cni/bin", conf_dir: str = "/etc/cni/net.d",
             state_dir: str = DEFAULT_STATE_DIR, bpffs_dir: str = DEFAULT_BPFFS_DIR,
-            ipam_url: str | None = None, compile_programs: bool = True) -> list[str]:
-    """Install on this node; returns what was written."""
+            ipam_url: str | None = None, compile_programs: bool = True,
+            node_settings: dict | None = None) -> list[str]:
+    """Install on this node (``node_settings``: config names and JSON values
+    to set, see ``vnetdp.datapath.settings``); returns what was written."""
     defaults = {"VNETDP_STATE_DIR": state_dir, "VNETDP_BPFFS_DIR": bpffs_dir}
     if ipam_url:
         defaults["VNETDP_IPAM_URL"] = ipam_url
@@ -49,6 +52,9 @@ def install(bin_dir: str = "/opt/cni/bin", conf_dir: str = "/etc/cni/net.d",
     conflist = os.path.join(conf_dir, EXAMPLE_CONFLIST)
     atomic_write(conflist, (CNI_DIR / "vnetdp.conflist").read_bytes())
     written.append(conflist)
+    settings_file = NodeSettingsFile(state_dir)
+    settings_file.update(node_settings or {})
+    written.append(f"{settings_file.path} (node settings)")
     if compile_programs:
         from vnetdp.datapath.bpffs import Bpffs
         from vnetdp.datapath.loader import Programs

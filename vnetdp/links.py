@@ -49,15 +49,24 @@ def link_by_index(ipr: IPRoute, index: int) -> Link:
     return Link(msg.get_attr("IFLA_IFNAME"), index, msg.get_attr("IFLA_ADDRESS"), msg.get_attr("IFLA_MTU"))
 
 
-def delete_link(ipr: IPRoute, name: str) -> bool:
-    """Delete ``name`` (a veth takes its peer along); False when it was not there."""
+def _found(ipr: IPRoute, command: str, **which) -> bool:
+    """Run a link command; False when the link is not there."""
     try:
-        ipr.link("del", ifname=name)
+        ipr.link(command, **which)
     except NetlinkError as e:
         if e.code in (errno.ENODEV, errno.ENOENT):
             return False
         raise
     return True
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Delete ``name`` (a veth takes its peer along); False when it was not there."""
+    return _found(ipr, "del", ifname=name)
+
+
+def link_exists(ipr: IPRoute, index: int) -> bool:
+    return _found(ipr, "get", index=index)
 
 
 def create_veth(ipr: IPRoute, name: str, peer: str, peer_netns_fd: int, mtu: int,

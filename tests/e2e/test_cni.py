@@ -4,7 +4,6 @@ conflists, chaining with the reference portmap plugin."""
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import json
 import os
 import pathlib
@@ -13,9 +12,9 @@ import socket
 import pytest
 from pyroute2 import IPRoute
 
+from lab_pods import address_of
 from vnetdp import defaults, links, naming, netns
 from vnetdp.agent import wire
-from vnetdp.network.records import PodRecords
 from vnetdp.cni.spec import SUPPORTED_VERSIONS, Code
 from vnetdp.datapath import attach
 from vnetdp.ipam.store import Store
@@ -25,65 +24,6 @@ from vnetdp.lab.shell import in_ns, run
 
 CNI_DIR = pathlib.Path(__file__).resolve().parents[2] / "cni"
 REFERENCE_PLUGINS = "/usr/lib/cni"
-_slots = itertools.count(100)
-
-
-class Pods:
-    """Pod namespaces on VM 2 for one test, removed (DEL, then the netns) afterwards."""
-
-    def __init__(self, lab) -> None:
-        self.lab, self.vm, self.made = lab, lab.plan.vm(2), []
-
-    def netns(self) -> str:
-        ns = self.lab.plan.pod_ns(self.vm, next(_slots))
-        run(["ip", "netns", "add", ns])
-        self.made.append(ns)
-        return ns
-
-    def call(self, command: str, ns: str, conf: dict | None = None, **kw) -> cni.CniCall:
-        return self.lab.cni(self.vm, command, conf, container_id=ns, pod_netns=netns.path_of(ns), **kw)
-
-    def add(self, conf: dict | None = None, **kw) -> tuple[str, cni.CniCall]:
-        ns = self.netns()
-        call = self.call("ADD", ns, conf, **kw)
-        assert call.ok, (call.output, call.stderr)
-        return ns, call
-
-    def cleanup(self) -> None:
-        for ns in self.made:
-            self.call("DEL", ns)
-            run(["ip", "netns", "del", ns], check=False)
-
-    # what the node holds for a container
-    def allocation(self, ns: str) -> str | None:
-        with Store(self.lab.plan.state_dir(self.vm)).transaction() as state:
-            held = state.find(ns, "eth0")
-        return held.address if held else None
-
-    def host_link(self, ns: str) -> bool:
-        with netns.enter(self.vm.ns), IPRoute() as ipr:
-            return bool(ipr.link_lookup(ifname=naming.host_ifname(ns, "eth0")))
-
-    def map_entry(self, address: str) -> bool:
-        with netns.enter(self.vm.ns), self.lab.node(self.vm).maps() as m:
-            return m.endpoint(address) is not None
-
-    def gone(self, ns: str, address: str) -> bool:
-        return (self.allocation(ns) is None and not self.host_link(ns) and not self.map_entry(address)
-                and PodRecords(self.lab.plan.state_dir(self.vm)).get(ns, "eth0") is None)
-
-
-@pytest.fixture
-def pods(lab):
-    p = Pods(lab)
-    yield p
-    p.cleanup()
-
-
-def address_of(call: cni.CniCall) -> str:
-    return str(ipaddress.IPv4Interface(call.output["ips"][0]["address"]).ip)
-
-
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
 def test_add_check_del_in_every_version(lab, pods, version):
     conf = cni.network_config(version=version)
@@ -213,8 +153,11 @@ def azure_entry(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", ["azure-linux.conflist", "azure-linux-transparent.conflist"])
-def test_azure_conflists_work_after_renaming_the_types(lab, pods, name):
+def test_azure_conflists_work_after_renaming_the_types(lab, pods, node_set, name):
     conf = azure_entry(name)
+    refused = pods.call("ADD", pods.netns(), conf)  # the node does not route 169.254.20.10 via the host
+    assert refused.code == Code.INVALID_CONFIG and "ipsToRouteViaHost" in refused.output["msg"]
+    node_set(pods.vm, ipsToRouteViaHost=conf["ipsToRouteViaHost"])
     ns, added = pods.add(conf)
     assert added.output["cniVersion"] == "0.3.0"
     assert "accepted and ignored: networkMonitor" in added.stderr

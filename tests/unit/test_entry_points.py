@@ -46,7 +46,7 @@ def _probe(module: str, argvs: list[list[str]], cwd: Path) -> dict:
 
 def test_product_command_has_only_product_commands_and_never_loads_the_lab(tmp_path):
     missing = str(tmp_path / "no-bpffs")
-    product = ["counters", "snat", "install", "ipam", "agent"]
+    product = ["counters", "snat", "install", "ipam", "node", "agent"]
     result = _probe("vnetdp.cli", [
         ["--help"],
         *([cmd, "--help"] for cmd in product),
@@ -56,9 +56,10 @@ def test_product_command_has_only_product_commands_and_never_loads_the_lab(tmp_p
         ["snat", "sweep", "--bpffs-dir", missing],
     ], cwd=tmp_path)
     calls = result["calls"]
-    assert [c["code"] for c in calls[:6]] == [0] * 6, calls
+    helps = len(product) + 1
+    assert [c["code"] for c in calls[:helps]] == [0] * helps, calls
     assert "{" + ",".join(product) + "}" in calls[0]["out"]
-    for c in calls[6:]:
+    for c in calls[helps:]:
         assert c["code"] == 1 and c["err"].startswith("vnetdp: "), c
     assert result["loaded"] == []
 

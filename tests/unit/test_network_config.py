@@ -24,8 +24,8 @@ def azure_entry(path: str) -> dict:
 @pytest.mark.parametrize("path", ["azure-linux.conflist", "azure-linux-transparent.conflist"])
 def test_azure_conflists_parse_after_renaming_the_types(path):
     conf = config.parse(azure_entry(path))
-    assert conf.host_destinations == ["169.254.20.10/32"]
-    assert conf.enable_snat and conf.local_switching and conf.ipam["type"] == "vnetdp-ipam"
+    assert conf.node_asks == {"host_destinations": ["169.254.20.10/32"]}  # asked of the node, no more
+    assert conf.ipam["type"] == "vnetdp-ipam"
     assert "accepted and ignored: networkMonitor" in conf.notes
     assert ("accepted and ignored: bridge" in conf.notes) == (path == "azure-linux.conflist")
 
@@ -52,13 +52,15 @@ def test_invalid_values_are_code_7_naming_the_field(field, value):
     assert e.value.code == Code.INVALID_CONFIG and field.split("/")[0] in e.value.msg
 
 
-def test_own_fields_map_onto_node_settings():
+def test_node_fields_in_a_config_are_only_asked_of_the_node():
     conf = config.parse({**BASE, "ipam": {"type": "host-local"}, "master": "eth1", "vnetCidrs": ["10.3.0.0/16"],
                          "enableSnat": False, "localSwitching": False, "nicAttach": "xdp",
-                         "snatPorts": [50000, 50999], "stateDir": "/s", "bpffsDir": "/b", "someFutureField": 1})
-    s = conf.node_settings()
-    assert (s.master, s.vnet_cidrs, s.enable_snat, s.local_switching, s.nic_attach, s.snat_ports,
-            s.state_dir, s.bpffs_dir) == ("eth1", ["10.3.0.0/16"], False, False, "xdp", (50000, 50999), "/s", "/b")
+                         "snatPorts": [50000, 50999], "allowMetadata": True, "snatFlowsPerEndpoint": 9,
+                         "stateDir": "/s", "bpffsDir": "/b", "someFutureField": 1})
+    assert conf.node_asks == {"master": "eth1", "vnet_cidrs": ["10.3.0.0/16"], "enable_snat": False,
+                              "local_switching": False, "nic_attach": "xdp", "snat_ports": (50000, 50999),
+                              "allow_metadata": True, "snat_flows_per_endpoint": 9}
+    assert (conf.state_dir, conf.bpffs_dir) == ("/s", "/b")
     assert "unknown field ignored: someFutureField" in conf.notes
     assert (conf.name, conf.type, conf.version) == ("net1", "vnetdp", "1.1.0")
 

@@ -30,7 +30,8 @@ class NodeSetupError(Exception):
 
 @dataclass
 class NodeSettings:
-    """What the operator configures for a node (CNI config maps onto this)."""
+    """Where the node's datapath lives, and the node's settings
+    (``vnetdp.datapath.settings`` keeps and checks them)."""
 
     bpffs_dir: str
     state_dir: str
@@ -42,6 +43,9 @@ class NodeSettings:
     enable_snat: bool = True             # translate traffic leaving the VNet (SPEC §5 step 5)
     snat_ports: tuple[int, int] = (61000, 65535)  # outside Linux's default ephemeral range
     nic_attach: str = "tc"               # "tc" or "xdp"
+    allow_host_agent: bool = False       # pods may reach the host agent's wireserver ports
+    allow_metadata: bool = False         # pods may reach the instance metadata service
+    snat_flows_per_endpoint: int = 16384  # SNAT flows one pod may hold (0: no limit)
     attach_mode: str = "auto"            # NIC tc mechanism: "auto" (tcx, else clsact), "tcx", "clsact"
     # Pods' veths: clsact by default. Creating a tcx link costs ~13 ms in the kernel
     # per device (6.18, measured); a clsact qdisc and filter ~1 ms. Per packet both
@@ -105,8 +109,11 @@ class Node:
             else sorted({a.network for a in addrs})
         with self.maps() as m:
             flags = (M.NODE_LOCAL_SWITCHING if s.local_switching else 0) | \
-                (M.NODE_SNAT if s.enable_snat else 0)
-            m.put_node(M.Node(nic.index, nic.mac, s.gateway_mac, primary, low, high, flags))
+                (M.NODE_SNAT if s.enable_snat else 0) | \
+                (M.NODE_ALLOW_HOST_AGENT if s.allow_host_agent else 0) | \
+                (M.NODE_ALLOW_METADATA if s.allow_metadata else 0)
+            m.put_node(M.Node(nic.index, nic.mac, s.gateway_mac, primary, low, high, flags,
+                              s.snat_flows_per_endpoint))
             wanted = {net: M.Dest.VNET for net in cidrs}
             wanted.update({ipaddress.IPv4Network(f"{a.ip}/32"): M.Dest.HOST for a in addrs})
             wanted.update({ipaddress.IPv4Network(h): M.Dest.HOST for h in s.host_destinations})

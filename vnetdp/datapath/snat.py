@@ -10,6 +10,7 @@ per-packet path. ``vnetdp snat sweep --every S`` runs it on a node.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import ipaddress
 import socket
@@ -30,11 +31,14 @@ class Timeouts:
     udp: float = 120.0          # RFC 4787 REQ-5: no less than 2 min
     icmp: float = 60.0          # RFC 5508 REQ-1: no less than 60 s
     orphan: float = 5.0         # one direction without the other
+    embryonic: float = 30.0     # no reply ever came (conntrack's SYN_SENT is of this order)
 
-    def for_flow(self, proto: int, closing: bool) -> float:
+    def for_flow(self, proto: int, closing: bool, replied: bool = True) -> float:
         if proto == socket.IPPROTO_TCP:
-            return self.tcp_closing if closing else self.tcp
-        return self.udp if proto == socket.IPPROTO_UDP else self.icmp
+            timeout = self.tcp_closing if closing else self.tcp
+        else:
+            timeout = self.udp if proto == socket.IPPROTO_UDP else self.icmp
+        return timeout if replied else min(timeout, self.embryonic)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,11 @@ class Flow:
     def closing(self) -> bool:
         return any(e.flags & M.SNAT_CLOSING for e in self.entries)
 
+    @property
+    def replied(self) -> bool:
+        """A reply came back through the NIC (the datapath marks the IN entry)."""
+        return any(e.flags & M.SNAT_REPLIED for e in self.entries)
+
     def idle(self, now_ns: int) -> float:
         return (now_ns - max(e.last_seen_ns for e in self.entries)) / 1e9
 
@@ -81,7 +90,7 @@ class Flow:
         return {"proto": PROTOCOLS.get(self.proto, str(self.proto)),
                 "pod": f"{self.pod[0]}:{self.pod[1]}", "remote": f"{self.remote[0]}:{self.remote[1]}",
                 "translated": f"{self.translated[0]}:{self.translated[1]}",
-                "idle_s": round(self.idle(now_ns), 1), "closing": self.closing,
+                "idle_s": round(self.idle(now_ns), 1), "closing": self.closing, "replied": self.replied,
                 "orphan": self.out is None or self.inbound is None}
 
 
@@ -116,10 +125,13 @@ def now_ns() -> int:
 
 
 def sweep(maps: M.Maps, timeouts: Timeouts = Timeouts(), now: int | None = None) -> SweepResult:
-    """Remove expired flows, orphans past their grace time and flows of deleted pods."""
+    """Remove expired flows, orphans past their grace time and flows of deleted
+    pods; then set each pod's flow count, which its SNAT quota is checked
+    against (the datapath only counts up)."""
     now = now_ns() if now is None else now
     pods = set(maps.endpoints())
-    expired = orphans = gone = remaining = 0
+    expired = orphans = gone = 0
+    per_pod: collections.Counter = collections.Counter()
     for flow in flows(maps):
         idle = flow.idle(now)
         if flow.out is None or flow.inbound is None:
@@ -129,14 +141,33 @@ def sweep(maps: M.Maps, timeouts: Timeouts = Timeouts(), now: int | None = None)
             drop = True
             gone += 1
         else:
-            drop = idle > timeouts.for_flow(flow.proto, flow.closing)
+            drop = idle > timeouts.for_flow(flow.proto, flow.closing, flow.replied)
             expired += drop
         if drop:
             for entry in flow.entries:
                 maps.delete_snat(entry)
         else:
-            remaining += 1
-    return SweepResult(expired, orphans, gone, remaining)
+            per_pod[flow.pod[0]] += 1
+    for pod in set(maps.snat_quotas()) - set(per_pod):
+        maps.delete_snat_quota(pod)
+    for pod, count in per_pod.items():
+        maps.put_snat_quota(pod, count)
+    return SweepResult(expired, orphans, gone, sum(per_pod.values()))
+
+
+def purge(maps: M.Maps, pod: ipaddress.IPv4Address) -> int:
+    """Forget every flow of ``pod`` (translated or delivered by the host), at
+    once: its address may go to a new pod, which must not see them."""
+    removed = 0
+    for flow in flows(maps):
+        if flow.pod[0] == pod:
+            for entry in flow.entries:
+                removed += maps.delete_snat(entry)
+    for host_flow in maps.host_flows():
+        if host_flow.pod == pod:
+            removed += maps.delete_host_flow(host_flow)
+    maps.delete_snat_quota(pod)
+    return removed
 
 
 class Sweeper:

@@ -11,7 +11,7 @@ import time
 from vnetdp import defaults
 from vnetdp.cni.spec import CniError, Code, Env, Result, valid_attachments, version_result
 from vnetdp.ipam import errors
-from vnetdp.ipam.sources import Pool, load_pools
+from vnetdp.ipam.sources import Pool, check_source, load_pools
 from vnetdp.ipam.store import Allocation, State, Store
 
 REFRESH_S = 30.0  # ADD re-reads the source at most this often (and whenever the pool is empty)
@@ -26,9 +26,16 @@ def as_cni_error(e: errors.IpamError) -> CniError:
 
 
 def _ipam(conf: dict) -> dict:
-    ipam = dict(conf.get("ipam") or {})
+    """The config's ipam section, checked whole on every call (whether or not
+    this call reads the source), with the node's default URL filled in."""
+    ipam = conf.get("ipam") or {}
+    if not isinstance(ipam, dict):
+        raise errors.BadIpamConfig("ipam must be an object")
+    ipam = dict(ipam)
     if "url" not in ipam and os.environ.get("VNETDP_IPAM_URL"):
         ipam["url"] = os.environ["VNETDP_IPAM_URL"]
+    _refresh_seconds(ipam)
+    check_source(ipam)
     return ipam
 
 
@@ -93,6 +100,7 @@ def _gc(store: Store, valid: set[tuple[str, str]], network: str) -> None:
 
 
 def _command(env: Env, conf: dict, store: Store) -> dict | None:
+    _ipam(conf)
     if env.command == "GC":
         _gc(store, valid_attachments(conf), str(conf.get("name", "")))
         return None

@@ -88,11 +88,24 @@ def pools_of(interfaces: list[Interface], nic_mac: str | None) -> list[Pool]:
             for net, addrs in chosen[0].subnets]
 
 
-def fetch_document(url: str, deadline_s: float = FETCH_DEADLINE_S) -> str:
-    """The document at ``url`` (http or https), whole within ``deadline_s``
-    however slowly the server sends it."""
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+ENVIRONMENTS = ("azure", "file", "static")
+
+
+def check_source(ipam: dict) -> None:
+    """Refuse an ipam section whose source could never be read as configured."""
+    env = ipam.get("environment", "azure")
+    if env not in ENVIRONMENTS:
+        raise BadIpamConfig(f"ipam.environment {env!r} is not {', '.join(ENVIRONMENTS)}")
+    url = ipam.get("url", DEFAULT_URL)
+    if env == "azure" and (not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https")):
         raise BadIpamConfig(f"ipam.url {url!r} must be an http:// or https:// URL")
+    if env == "file" and not isinstance(ipam.get("file"), str):
+        raise BadIpamConfig("ipam.environment file needs ipam.file (a path)")
+
+
+def fetch_document(url: str, deadline_s: float = FETCH_DEADLINE_S) -> str:
+    """The document at ``url``, whole within ``deadline_s`` however slowly
+    the server sends it."""
     hint = "the host agent serves it; check that the VM can reach it, or set ipam.url"
     deadline = time.monotonic() + deadline_s
     chunks, size = [], 0
@@ -145,4 +158,4 @@ def load_pools(ipam: dict, nic_mac: str | None) -> list[Pool]:
         return pools_of(parse_document(text), nic_mac)
     if env == "static":
         return static_pools(ipam.get("ranges") or [])
-    raise BadIpamConfig(f"ipam.environment {env!r} is not azure, file or static")
+    raise BadIpamConfig(f"ipam.environment {env!r} is not {', '.join(ENVIRONMENTS)}")

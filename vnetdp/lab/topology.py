@@ -20,6 +20,7 @@ import time
 from vnetdp import defaults, install, netns
 from vnetdp.datapath import bpffs
 from vnetdp.datapath.node import Node, NodeSettings
+from vnetdp.datapath.settings import NodeSettingsFile
 from vnetdp.lab import cni, fabric, nmagent
 from vnetdp.lab import plan as P
 from vnetdp.lab.shell import ip_batch, run
@@ -43,9 +44,10 @@ def lab_namespaces(prefix: str) -> list[str]:
 
 
 class Lab:
-    def __init__(self, plan: P.Plan, **node_options) -> None:
+    def __init__(self, plan: P.Plan, **node_settings) -> None:
         self.plan = plan
-        self.node_options = node_options  # extra NodeSettings for every VM
+        # Every VM's node settings (config names, e.g. nicAttach="xdp"), set at install.
+        self.node_settings = {"master": "eth0", **node_settings}
         self.state_file = os.path.join(plan.dir, "state.json")
 
     # --- state ---------------------------------------------------------
@@ -103,7 +105,7 @@ class Lab:
             bpffs.mount(p.bpffs_dir(vm))
             self._start_nmagent(vm)
             install.install(self.cni_bin_dir(vm), self.cni_conf_dir(vm), p.state_dir(vm),
-                            self.node_bpffs_dir(vm), cni.nmagent_url())
+                            self.node_bpffs_dir(vm), cni.nmagent_url(), node_settings=self.node_settings)
             self._start_agent(vm)
 
     def _host(self, ns: str, addr, gateway: ipaddress.IPv4Address) -> None:
@@ -159,11 +161,13 @@ class Lab:
         return cni.invoke(vm.ns, self.cni_bin_dir(vm), command, conf or cni.network_config(), **kw)
 
     def node(self, vm: P.Vm, **overrides) -> Node:
-        options = {**self.node_options, **overrides}
+        """The VM's node datapath with its node settings (``overrides``:
+        NodeSettings attributes that differ, for tests that go below CNI)."""
+        options = {**NodeSettingsFile(self.plan.state_dir(vm)).load(), **overrides}
         if options.get("nic_attach") == "xdp":
             fabric.finish_checksums(self.plan, vm)
-        return Node(NodeSettings(bpffs_dir=self.node_bpffs_dir(vm),
-                                         state_dir=self.plan.state_dir(vm), master="eth0", **options))
+        return Node(NodeSettings(bpffs_dir=self.node_bpffs_dir(vm), state_dir=self.plan.state_dir(vm),
+                                 **options))
 
     def add_pod(self, vm: P.Vm, j: int, conf: dict | None = None) -> ipaddress.IPv4Address:
         """A pod namespace attached through the VM's installed CNI plugin, as a

@@ -19,19 +19,33 @@ from collections.abc import Iterator
 from pyroute2 import IPRoute
 
 from vnetdp import endpoint, links, naming, netns
+from vnetdp.cni import invoke
 from vnetdp.cni.invoke import delegate
 from vnetdp.cni.spec import CniError, Code, Env, Result, valid_attachments, version_result
-from vnetdp.datapath.node import Node, NodeSetupError
-from vnetdp.locks import flocked
+from vnetdp.datapath import settings
+from vnetdp.datapath.node import Node, NodeSettings, NodeSetupError
+from vnetdp.locks import LockTimeout, flocked
 from vnetdp.network import config
 from vnetdp.network.records import PodRecord, PodRecords, StateDirError
 
 log = logging.getLogger("vnetdp.cni")
 LOCKS_DIR = "locks"  # one lock file per attachment, in the state directory
+LOCK_WAIT_S = 60.0
 
 
-def _node(conf: config.NetConf) -> Node:
-    return Node(conf.node_settings())
+def _node(conf: config.NetConf, asked: bool = False) -> Node:
+    """The node's datapath with the node's settings; ``asked``: refuse a
+    config that contradicts them (ADD), rather than ignore what it says."""
+    try:
+        node = settings.NodeSettingsFile(conf.state_dir).load()
+    except settings.SettingError as e:
+        raise CniError(Code.NODE_SETUP, f"node settings: {e}", "correct them with 'vnetdp node set'")
+    problems = settings.conflicts(node, conf.node_asks) if asked else []
+    if problems:
+        raise CniError(Code.INVALID_CONFIG, "the config contradicts this node's settings: " + "; ".join(problems),
+                       "node settings belong to the node: change them with 'vnetdp node set' "
+                       "('vnetdp node show' lists them) or leave them out of the config")
+    return Node(NodeSettings(bpffs_dir=conf.bpffs_dir, state_dir=conf.state_dir, **node))
 
 
 def call_ipam(env: Env, conf: dict, command: str | None = None) -> dict | None:
@@ -63,13 +77,28 @@ def _allocate(env: Env, conf: config.NetConf) -> tuple[ipaddress.IPv4Interface, 
     problem = None if ip4 else f"IPAM plugin {conf.ipam['type']} returned no IPv4 address"
     if ip4:
         iface = ipaddress.IPv4Interface(ip4["address"])
-        with IPRoute() as ipr:
-            if iface.ip in links.node_addresses(ipr):
-                problem = f"IPAM plugin {conf.ipam['type']} returned {iface.ip}, an address of this node"
+        problem = _in_use(_node(conf), iface.ip)
+        if problem:
+            problem = f"IPAM plugin {conf.ipam['type']} returned {iface.ip}, {problem}"
     if problem:
         call_ipam(env, conf.raw, "DEL")
         raise CniError(Code.DELEGATE_FAILED, problem)
     return iface, ip4.get("gateway", "")
+
+
+def _in_use(node: Node, address: ipaddress.IPv4Address) -> str | None:
+    """Who already has ``address`` on this node (the node itself, or a live
+    endpoint): an IPAM plugin that hands it out again is wrong, and the
+    address must not be taken from its holder."""
+    with IPRoute() as ipr:
+        if address in links.node_addresses(ipr):
+            return "an address of this node"
+        if os.path.isdir(node.bpffs.maps_dir):
+            with node.maps() as m:
+                held = m.endpoint(address)
+            if held is not None and links.link_exists(ipr, held.ifindex):
+                return f"which the endpoint on ifindex {held.ifindex} holds"
+    return None
 
 
 def _result(env: Env, conf: config.NetConf, record: PodRecord) -> dict:
@@ -116,6 +145,7 @@ def _add_again(env: Env, conf: config.NetConf, records: PodRecords, record: PodR
 
 def add(env: Env, conf: config.NetConf) -> dict:
     records = PodRecords(conf.state_dir)
+    _node(conf, asked=True)  # before anything is allocated
     existing = records.get(env.container_id, env.ifname)
     if existing is not None:
         return _add_again(env, conf, records, existing)
@@ -196,6 +226,9 @@ COMMANDS = {"ADD": add, "DEL": delete, "CHECK": check, "GC": gc, "STATUS": statu
 def handle(env: Env, conf: dict) -> dict | None:
     if env.command == "VERSION":
         return version_result(conf)
+    if os.environ.get(invoke.DEPTH_VAR):
+        raise CniError(Code.INVALID_CONFIG, "vnetdp was called as a delegate of vnetdp: its ipam.type leads "
+                                            "back to the network plugin", "set ipam.type to vnetdp-ipam")
     netconf = config.parse(conf)
     for note in netconf.notes:
         log.info("config: %s", note)
@@ -215,13 +248,17 @@ def handle(env: Env, conf: dict) -> dict | None:
 def _locks(env: Env, state_dir: str) -> Iterator[None]:
     """GC alone (an ADD between its listing and its removal would lose its
     veth); calls for one attachment one at a time (concurrent ADDs for one
-    container and ifname would each tear down the other's veth)."""
+    container and ifname would each tear down the other's veth). Waits are
+    bounded: a call that cannot get its turn is told to try again (code 11)."""
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(flocked(os.path.join(state_dir, "gc.lock"), exclusive=env.command == "GC"))
+            held.enter_context(flocked(os.path.join(state_dir, "gc.lock"), exclusive=env.command == "GC",
+                                       timeout=LOCK_WAIT_S))
             if env.container_id and env.ifname:
                 name = f"{naming.attachment_hash(env.container_id, env.ifname)[:24]}.lock"
-                held.enter_context(flocked(os.path.join(state_dir, LOCKS_DIR, name)))
+                held.enter_context(flocked(os.path.join(state_dir, LOCKS_DIR, name), timeout=LOCK_WAIT_S))
+        except LockTimeout as e:
+            raise CniError(Code.TRY_AGAIN_LATER, f"another call for this node or attachment is running: {e}")
         except OSError as e:
             raise StateDirError(e.errno, f"cannot lock in the state directory {state_dir}: {e}") from e
         yield

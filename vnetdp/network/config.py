@@ -8,22 +8,24 @@ vnetdp lacks are refused with code 2 naming them. Unknown fields are logged.
 
 Node-wide defaults (state and pin directories, the interface document URL)
 come from ``VNETDP_STATE_DIR``, ``VNETDP_BPFFS_DIR`` and ``VNETDP_IPAM_URL``,
-which ``vnetdp install`` bakes into the installed entry points.
+which ``vnetdp install`` bakes into the installed entry points. Node settings
+(``vnetdp.datapath.settings.FIELDS``: master, vnetCidrs, enableSnat, ...) are
+the node's: a config that names one only asks for it (``node_asks``), and ADD
+refuses a config whose asks the node contradicts.
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
-from vnetdp.cni.spec import CniError, Code, Result
-from vnetdp.datapath.node import NodeSettings
 from vnetdp import defaults
+from vnetdp.cni.spec import CniError, Code, Result
+from vnetdp.datapath import settings
 
 CNI_FIELDS = {"cniVersion", "name", "type", "ipam", "dns", "capabilities", "runtimeConfig",
               "prevResult", "args", "cni.dev/valid-attachments", "cni.dev/attachments"}
-OWN_FIELDS = {"master", "mtu", "vnetCidrs", "enableSnat", "localSwitching", "nicAttach",
-              "snatPorts", "stateDir", "bpffsDir", "logFile", "logLevel"}
-AZURE_MAPPED = {"mode", "ipsToRouteViaHost"}
+OWN_FIELDS = {"mtu", "stateDir", "bpffsDir", "logFile", "logLevel", *settings.FIELDS}
+AZURE_MAPPED = {"mode"}
 AZURE_MODES = {"bridge", "transparent"}  # both: pods' addresses on the VNet
 AZURE_IGNORED = {"bridge", "networkMonitor", "windowsSettings", "enableExactMatchForPodName",
                  "disableHairpinOnHostInterface", "adapterName", "enableSnatOnHost"}
@@ -41,26 +43,14 @@ class NetConf:
     name: str
     type: str
     ipam: dict
-    master: str | None = None
     mtu: int | None = None
-    vnet_cidrs: list[str] | None = None
-    host_destinations: list[str] = field(default_factory=list)
-    enable_snat: bool = True
-    local_switching: bool = True
-    nic_attach: str = "tc"
-    snat_ports: tuple[int, int] = (61000, 65535)
+    node_asks: dict[str, Any] = field(default_factory=dict)  # NodeSettings attribute -> value
     state_dir: str = defaults.DEFAULT_STATE_DIR
     bpffs_dir: str = defaults.DEFAULT_BPFFS_DIR
     log_file: str | None = None
     log_level: str = "info"
     prev_result: Result | None = None
     notes: list[str] = field(default_factory=list)  # what was accepted and ignored
-
-    def node_settings(self) -> NodeSettings:
-        return NodeSettings(bpffs_dir=self.bpffs_dir, state_dir=self.state_dir, master=self.master,
-                            vnet_cidrs=self.vnet_cidrs, host_destinations=self.host_destinations,
-                            local_switching=self.local_switching, enable_snat=self.enable_snat,
-                            snat_ports=self.snat_ports, nic_attach=self.nic_attach)
 
 
 def _invalid(name: str, why: str) -> CniError:
@@ -72,17 +62,6 @@ def _typed(conf: dict, name: str, kind: type, default=None):
     if value is not None and not (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
         raise _invalid(name, f"must be a {kind.__name__}, not {type(value).__name__}")
     return value
-
-
-def _networks(conf: dict, name: str, host: bool = False) -> list[str] | None:
-    value = _typed(conf, name, list)
-    if value is None:
-        return None
-    try:
-        return [str(ipaddress.IPv4Network(f"{v}/32" if host and "/" not in str(v) else v, strict=False))
-                for v in value]
-    except (ValueError, TypeError) as e:
-        raise _invalid(name, f"must list IPv4 {'addresses' if host else 'prefixes'}: {e}")
 
 
 def parse(conf: dict) -> NetConf:
@@ -109,24 +88,18 @@ def parse(conf: dict) -> NetConf:
     mtu = _typed(conf, "mtu", int)
     if mtu is not None and not 68 <= mtu <= 65535:
         raise _invalid("mtu", "must be between 68 and 65535")
-    nic_attach = _typed(conf, "nicAttach", str, "tc")
-    if nic_attach not in ("tc", "xdp"):
-        raise _invalid("nicAttach", "must be tc or xdp")
-    ports = _typed(conf, "snatPorts", list, [61000, 65535])
-    if len(ports) != 2 or not all(type(p) is int for p in ports) or not 1 <= ports[0] <= ports[1] <= 65535:
-        raise _invalid("snatPorts", "must be [first, last] ports")
+    try:
+        node_asks = settings.parse(conf)
+    except settings.SettingError as e:
+        raise _invalid(e.field, e.why)
     prev = _typed(conf, "prevResult", dict)
     try:
         prev_result = Result.parse(prev) if prev else None
     except (TypeError, ValueError, AttributeError) as e:
         raise _invalid("prevResult", f"is not a CNI result: {e}")
     return NetConf(
-        raw=conf, version=conf["cniVersion"], name=conf["name"], type=conf["type"], ipam=ipam, master=_typed(conf, "master", str),
-        mtu=mtu, vnet_cidrs=_networks(conf, "vnetCidrs"),
-        host_destinations=_networks(conf, "ipsToRouteViaHost", host=True) or [],
-        enable_snat=_typed(conf, "enableSnat", bool, True),
-        local_switching=_typed(conf, "localSwitching", bool, True), nic_attach=nic_attach,
-        snat_ports=(ports[0], ports[1]), state_dir=defaults.state_dir({"stateDir": _typed(conf, "stateDir", str)}),
+        raw=conf, version=conf["cniVersion"], name=conf["name"], type=conf["type"], ipam=ipam,
+        mtu=mtu, node_asks=node_asks, state_dir=defaults.state_dir({"stateDir": _typed(conf, "stateDir", str)}),
         bpffs_dir=defaults.bpffs_dir({"bpffsDir": _typed(conf, "bpffsDir", str)}),
         log_file=_typed(conf, "logFile", str), log_level=_typed(conf, "logLevel", str, "info"),
         prev_result=prev_result, notes=notes)
