@@ -29,6 +29,7 @@ from vnetdp.cni.spec import Code
 from vnetdp.ipam.store import Store
 from vnetdp.lab import cni, nmagent, probe
 from vnetdp.lab import plan as P
+from vnetdp.lab.connstorm import ns_socket
 from vnetdp.lab.observe import counters
 from vnetdp.lab.shell import in_ns, run
 
@@ -439,3 +440,22 @@ def test_vlan_tagged_frames_from_a_pod_are_dropped_and_from_the_fabric_reach_the
           Ether(src=P.GATEWAY_MAC, dst=vm.mac) / Dot1Q(vlan=7) / IP(src=str(P.PEER_IP), dst=pod_address) / ICMP())
     moved = counters(lab, vm) - before
     assert moved["PASS_NIC"] >= 3 and moved["FWD_TO_POD"] == 0, moved
+
+
+def test_a_large_fragmented_reply_reaches_the_pod_whole(lab):
+    """An EDNS-sized answer (4000 bytes) leaves the internet host in three
+    fragments toward the primary IP; the pod gets the whole datagram."""
+    vm = lab.plan.vm(2)
+    pod = lab.plan.pod_ns(vm, 1)
+    server, client = ns_socket(lab.plan.inet, socket.SOCK_DGRAM), ns_socket(pod, socket.SOCK_DGRAM)
+    before = counters(lab, vm)
+    with server, client:
+        server.bind((str(P.INET_IP), 5353))
+        server.settimeout(3)
+        client.settimeout(3)
+        client.sendto(b"query", (str(P.INET_IP), 5353))
+        _, asker = server.recvfrom(100)
+        answer = bytes(i % 251 for i in range(4000))
+        server.sendto(answer, asker)
+        assert client.recvfrom(8192)[0] == answer
+    assert (counters(lab, vm) - before)["FWD_SNAT_FRAGMENT"] >= 2
