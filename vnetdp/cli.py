@@ -81,7 +81,7 @@ def _install(args: argparse.Namespace) -> int:
 
     for item in install(args.cni_bin_dir, args.cni_conf_dir, args.state_dir, args.bpffs_dir,
                         args.ipam_url, compile_programs=not args.no_compile,
-                        node_settings=dict(map(_setting, args.set))):
+                        node_settings=dict(map(_setting, args.set)), cni_version=args.cni_version):
         print(f"installed {item}")
     return 0
 
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                           help=f"sweep: idle seconds before a {name.replace('_', ' ')} flow expires")
     snat.set_defaults(func=_snat)
     from vnetdp.defaults import DEFAULT_BPFFS_DIR, DEFAULT_STATE_DIR
+    from vnetdp.install import CONFLIST_VERSION
     inst = sub.add_parser("install", help="install the CNI plugins on this node")
     inst.add_argument("--cni-bin-dir", default="/opt/cni/bin")
     inst.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     inst.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     inst.add_argument("--ipam-url", help="interface document URL (default: the Azure host agent's)")
     inst.add_argument("--no-compile", action="store_true", help="leave compiling to the first ADD")
+    inst.add_argument("--cni-version", default=CONFLIST_VERSION,
+                      help=f"the conflist's cniVersion (default {CONFLIST_VERSION}: what containerd 1.6/1.7 "
+                           "and the reference plugins accept; 1.1.0 only for runtimes that take it)")
     inst.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="a node setting (see vnetdp node), repeatable")
     inst.set_defaults(func=_install)

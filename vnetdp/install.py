@@ -9,11 +9,13 @@ runtimes call plugins with an empty environment.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 from vnetdp import plugins
+from vnetdp.cni.spec import SUPPORTED_VERSIONS
 from vnetdp.defaults import DEFAULT_BPFFS_DIR, DEFAULT_STATE_DIR
 from vnetdp.datapath.settings import NodeSettingsFile
 from vnetdp.files import atomic_write
@@ -21,6 +23,9 @@ from vnetdp.files import atomic_write
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding vnetdp/
 CNI_DIR = PACKAGE_ROOT / "cni"
 EXAMPLE_CONFLIST = "10-vnetdp.conflist"
+#: What the conflist says unless asked otherwise: containerd 1.6/1.7's libcni and
+#: Debian's reference plugins (portmap, tuning) refuse 1.1.0 configs and results.
+CONFLIST_VERSION = "1.0.0"
 
 
 def entry_point_text(defaults: dict[str, str]) -> str:
@@ -33,10 +38,18 @@ def entry_point_text(defaults: dict[str, str]) -> str:
     return "\n".join(preamble) + "\n" + body
 
 
+def conflist_text(cni_version: str) -> str:
+    """The example conflist (vnetdp, then portmap) saying ``cni_version``."""
+    if cni_version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"cniVersion {cni_version!r} is not one of {', '.join(SUPPORTED_VERSIONS)}")
+    conflist = json.loads((CNI_DIR / "vnetdp.conflist").read_text())
+    return json.dumps({**conflist, "cniVersion": cni_version}, indent=2) + "\n"
+
+
 def install(bin_dir: str = "/opt/cni/bin", conf_dir: str = "/etc/cni/net.d",
             state_dir: str = DEFAULT_STATE_DIR, bpffs_dir: str = DEFAULT_BPFFS_DIR,
             ipam_url: str | None = None, compile_programs: bool = True,
-            node_settings: dict | None = None) -> list[str]:
+            node_settings: dict | None = None, cni_version: str = CONFLIST_VERSION) -> list[str]:
     """Install on this node (``node_settings``: config names and JSON values
     to set, see ``vnetdp.datapath.settings``); returns what was written."""
     defaults = {"VNETDP_STATE_DIR": state_dir, "VNETDP_BPFFS_DIR": bpffs_dir}
@@ -50,7 +63,7 @@ def install(bin_dir: str = "/opt/cni/bin", conf_dir: str = "/etc/cni/net.d",
         written.append(path)
     os.makedirs(conf_dir, exist_ok=True)
     conflist = os.path.join(conf_dir, EXAMPLE_CONFLIST)
-    atomic_write(conflist, (CNI_DIR / "vnetdp.conflist").read_bytes())
+    atomic_write(conflist, conflist_text(cni_version))
     written.append(conflist)
     settings_file = NodeSettingsFile(state_dir)
     settings_file.update(node_settings or {})

@@ -19,6 +19,9 @@ NS_GET_NSTYPE = 0xB703  # ioctl: the namespace type of an nsfs fd (Linux 4.11)
 NETNS_RUN_DIR = "/run/netns"
 
 _libc = ctypes.CDLL(None, use_errno=True)
+#: Paths whose namespace the caller handed over as an open descriptor (the
+#: agent gets the runtime's CNI_NETNS this way: its own mounts may differ).
+_PROVIDED: dict[str, int] = {}
 
 
 class NetnsNotFound(Exception):
@@ -43,11 +46,20 @@ def path_of(name_or_path: str) -> str:
     return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
 
 
+def provide(path: str, fd: int) -> None:
+    """From now on, ``path`` means the namespace open at ``fd`` (kept open)."""
+    _PROVIDED[path] = fd
+
+
+def _open(path: str, flags: int) -> int:
+    return os.dup(_PROVIDED[path]) if path in _PROVIDED else os.open(path, flags)
+
+
 def open_ns(name_or_path: str) -> int:
     """An fd for the namespace; raises NetnsNotFound when it is gone."""
     path = path_of(name_or_path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError) as e:
         raise NetnsNotFound(path) from e
     return fd
@@ -58,12 +70,12 @@ def open_pod_ns(path: str) -> int:
     this process's (the node's) own. Never blocks (a FIFO is refused by its
     type before it is opened)."""
     try:
-        st = os.stat(path)
+        st = os.fstat(_PROVIDED[path]) if path in _PROVIDED else os.stat(path)
     except (FileNotFoundError, NotADirectoryError) as e:
         raise NetnsNotFound(path) from e
     if not stat.S_ISREG(st.st_mode):
         raise NotAPodNetns(path, f"is a {_kind(st.st_mode)}, not a network namespace")
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = _open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         try:
             kind = fcntl.ioctl(fd, NS_GET_NSTYPE)

@@ -24,18 +24,21 @@ import signal
 import socket
 import sys
 
-from vnetdp import defaults, plugins
+from vnetdp import defaults, netns, plugins
 from vnetdp.agent import wire
 
 PR_SET_PDEATHSIG = 1
 log = logging.getLogger("vnetdp.agent")
 
 
-def run_call(request: bytes) -> bytes:
-    """One framed CNI call, run as the entry point would run it; the framed reply."""
+def run_call(request: bytes, fds: list[int] = ()) -> bytes:
+    """One framed CNI call, run as the entry point would run it (with the
+    caller's netns descriptor standing for CNI_NETNS); the framed reply."""
     plugin, env, stdin = wire.decode_request(request)
     os.environ.clear()
     os.environ.update(env)
+    if fds and env.get("CNI_NETNS"):
+        netns.provide(env["CNI_NETNS"], fds[0])
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = plugins.run(plugin, stdin=stdin)
@@ -44,7 +47,7 @@ def run_call(request: bytes) -> bytes:
 
 def _serve_one(conn: socket.socket) -> None:
     try:
-        reply = run_call(wire.recv_all(conn))
+        reply = run_call(*wire.recv_request(conn))
     except Exception:  # no reply: the entry point runs the call itself
         log.exception("call failed in the agent")
         return

@@ -1,14 +1,20 @@
 """The agent's framing, shared by the CNI entry point and the agent.
 
-Request: ``<plugin>\\n<env length>\\n<env: KEY=VALUE joined by NUL><stdin>``.
+Request: ``<plugin>\\n<env length>\\n<env: KEY=VALUE joined by NUL><stdin>``,
+with the caller's open ``CNI_NETNS`` as a file descriptor (SCM_RIGHTS) on the
+first bytes: the agent may live in another mount namespace (a DaemonSet's
+container, ``ip netns exec``), where the runtime's path means nothing.
 Reply: ``<exit code> <stdout length>\\n<stdout><stderr>``.
 Only C modules and ``os`` load here: the entry point imports this module
 first, and every import is start-up time of every CNI call.
 """
 import _socket
 import os
+import sys
 
 MAX_REQUEST = 1 << 20
+MAX_FDS = 1
+_FD_SIZE = 4  # an int in SCM_RIGHTS
 
 
 def encode_request(plugin: str, environ, stdin: bytes) -> bytes:
@@ -46,13 +52,33 @@ def recv_all(sock, limit: int = MAX_REQUEST) -> bytes:
     return b"".join(chunks)
 
 
-def call(path: str, plugin: str, environ, stdin: bytes) -> tuple[int, bytes, bytes] | None:
-    """The agent's (exit code, stdout, stderr) for one call; None when no
-    agent answers at ``path`` (the caller then runs the call itself)."""
+def recv_request(sock) -> tuple[bytes, list[int]]:
+    """A whole request and the descriptors that came with it (the caller
+    closes them)."""
+    space = _socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+    first, ancillary, _, _ = sock.recvmsg(65536, space)
+    fds = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i:i + _FD_SIZE], sys.byteorder)
+                    for i in range(0, len(data) - len(data) % _FD_SIZE, _FD_SIZE)]
+    rest = recv_all(sock, MAX_REQUEST - len(first)) if first else b""
+    return first + rest, fds
+
+
+def call(path: str, plugin: str, environ, stdin: bytes, fds: tuple[int, ...] = ()
+         ) -> tuple[int, bytes, bytes] | None:
+    """The agent's (exit code, stdout, stderr) for one call, ``fds`` passed
+    along; None when no agent answers at ``path`` (the caller then runs the
+    call itself)."""
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.connect(path)
-        s.sendall(encode_request(plugin, environ, stdin))
+        request = encode_request(plugin, environ, stdin)
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                   b"".join(fd.to_bytes(_FD_SIZE, sys.byteorder) for fd in fds))] if fds else []
+        sent = s.sendmsg([request[:65536]], rights)
+        s.sendall(request[sent:])
         s.shutdown(_socket.SHUT_WR)
         return decode_reply(recv_all(s, 1 << 30))
     except (OSError, ValueError):
