@@ -7,7 +7,9 @@ import ipaddress
 import json
 import os
 import pathlib
+import shutil
 import socket
+import tempfile
 
 import pytest
 from pyroute2 import IPRoute
@@ -211,3 +213,24 @@ def test_other_ipam_plugins_are_called_through_cni_path(lab, pods, tmp_path):
     assert held == [address_of(added)]
     assert pods.call("DEL", ns, conf, extra_path=(REFERENCE_PLUGINS,)).ok
     assert not [f for f in os.listdir(tmp_path / "vnetdp") if f.startswith("10.3.")]
+
+
+def test_a_netns_outside_run_netns_reaches_the_agent_as_a_descriptor(lab, pods):
+    """containerd, CRI-O and cnitool name namespaces under other paths; the agent
+    (in its own mount namespace, as in a DaemonSet) gets the namespace itself."""
+    ns = pods.netns()
+    scratch = tempfile.mkdtemp(prefix="vnd-nsmount-")
+    path = os.path.join(scratch, "pod-netns")
+    open(path, "w").close()
+    run(["mount", "--bind", netns.path_of(ns), path])
+    try:
+        added = lab.cni(pods.vm, "ADD", cni.network_config(), container_id=ns, pod_netns=path)
+        assert added.ok, added.output
+        assert added.output["interfaces"][1]["sandbox"] == path
+        assert probe.ping(lab.plan.peer, address_of(added), count=1).ok
+        assert lab.cni(pods.vm, "CHECK", cni.network_config(), container_id=ns, pod_netns=path).ok
+        assert lab.cni(pods.vm, "DEL", cni.network_config(), container_id=ns, pod_netns=path).ok
+        assert pods.gone(ns, address_of(added))
+    finally:
+        run(["umount", path])
+        shutil.rmtree(scratch)
