@@ -21,6 +21,7 @@ from vnetdp import defaults, install, netns
 from vnetdp.datapath import bpffs
 from vnetdp.datapath.node import Node, NodeSettings
 from vnetdp.datapath.settings import NodeSettingsFile
+from vnetdp.files import atomic_write
 from vnetdp.lab import cni, fabric, nmagent
 from vnetdp.lab import plan as P
 from vnetdp.lab.shell import ip_batch, run
@@ -59,10 +60,7 @@ class Lab:
             return {"pids": [], "mounts": []}
 
     def _write_state(self, state: dict) -> None:
-        tmp = self.state_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, self.state_file)
+        atomic_write(self.state_file, json.dumps(state))
 
     def _record(self, key: str, value) -> None:
         state = self._state()
