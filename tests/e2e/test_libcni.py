@@ -96,6 +96,18 @@ class Runtime:
                 "--args", f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id}"]
         return in_ns(self.vm.ns, argv, check=False, timeout=180)
 
+    def check(self, conf: str, container_id: str, netns_path: str) -> subprocess.CompletedProcess:
+        """CHECK of the chain less portmap: Debian's portmap 1.1.1 fails every CHECK
+        of an IPv4-only pod looking for ip6tables rules its ADD never made
+        (containernetworking/plugins#819). libcni's cached result still comes
+        from the whole chain's ADD (same network name)."""
+        with open(conf) as f:
+            doc = json.load(f)
+        doc["plugins"] = [p for p in doc["plugins"] if p["type"] != "portmap"]
+        checked = self.tmp / f"check-{container_id}.conflist"
+        checked.write_text(json.dumps(doc))
+        return self.call("check", str(checked), container_id, netns_path)
+
     def add(self, conf: str, container_id: str, netns_path: str) -> dict:
         self.attached.append((conf, container_id, netns_path))
         proc = self.call("add", conf, container_id, netns_path)
@@ -183,7 +195,7 @@ def test_add_check_del_through_libcni(runtime, tmp_path, version):
     assert_serves(runtime, ns, address)
     assert runtime.cached(ns).exists()
 
-    check = runtime.call("check", conf, ns, path)  # every plugin, prevResult from libcni's cache
+    check = runtime.check(conf, ns, path)  # prevResult from libcni's cache
     assert check.returncode == 0, check.stderr
 
     deleted = runtime.call("del", conf, ns, path)
@@ -206,7 +218,7 @@ def test_a_netns_bind_mounted_outside_run_netns(runtime, tmp_path):
     address = assert_attached(runtime, result, "1.0.0", ns, path)
     assert runtime.pods.record(ns).netns == path
     assert_serves(runtime, ns, address)
-    check = runtime.call("check", conf, ns, path)
+    check = runtime.check(conf, ns, path)
     assert check.returncode == 0, check.stderr
     deleted = runtime.call("del", conf, ns, path)
     assert deleted.returncode == 0, deleted.stderr
@@ -225,7 +237,7 @@ def test_the_conflist_vnetdp_install_writes(runtime):
     result = runtime.add(conf, ns, path)
     address = assert_attached(runtime, result, doc["cniVersion"], ns, path)
     assert_serves(runtime, ns, address)
-    check = runtime.call("check", conf, ns, path)
+    check = runtime.check(conf, ns, path)
     assert check.returncode == 0, check.stderr
     deleted = runtime.call("del", conf, ns, path)
     assert deleted.returncode == 0, deleted.stderr
