@@ -28,7 +28,10 @@ from vnetdp.datapath.node import Node
 
 POD_GATEWAY = ipaddress.IPv4Address("169.254.1.1")
 POD_XDP_HOOK = "podxdp"  # pin name part of the pod end's XDP link
-POD_PROGRAMS = {"ingress": "from_container", "egress": "to_container"}  # on the host end, by hook
+POD_PROGRAMS = {"ingress": "from_container", "egress": "to_container"}
+#: qdiscs a host veth may carry: its default, vnetdp's hooks, the pacing of a
+#: pod's ingress rate; anything else is bypassed by the datapath.
+OWN_QDISCS = {"noqueue", "clsact", "fq"}  # on the host end, by hook
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,10 @@ def check(node: Node, container_id: str, ifname: str, netns_path: str,
         routes = ipr.route("get", dst=str(address))
         if not routes or routes[0].get_attr("RTA_OIF") != host.index:
             problems.append(f"no route to {address} via {name}")
+        foreign = sorted({q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=host.index)} - OWN_QDISCS)
+        if foreign:
+            problems.append(f"{name} has qdiscs {', '.join(foreign)} that vnetdp's datapath bypasses "
+                            "(a chained bandwidth plugin?): use capabilities.bandwidth instead")
     with node.maps() as m:
         ep = m.endpoint(address)
     if ep is None or ep.ifindex != host.index:

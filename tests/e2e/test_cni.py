@@ -234,3 +234,15 @@ def test_a_netns_outside_run_netns_reaches_the_agent_as_a_descriptor(lab, pods):
     finally:
         run(["umount", path])
         shutil.rmtree(scratch)
+
+
+def test_check_reports_a_shaping_qdisc_the_datapath_would_bypass(lab, pods):
+    """What a chained reference bandwidth plugin leaves on the host veth (its tbf)
+    never takes effect under vnetdp: CHECK says so instead of passing."""
+    ns, added = pods.add()
+    host = naming.host_ifname(ns, "eth0")
+    in_ns(pods.vm.ns, ["tc", "qdisc", "add", "dev", host, "root", "tbf", "rate", "10mbit", "burst", "32kb",
+                       "latency", "25ms"])
+    check = pods.call("CHECK", ns)
+    assert check.code == Code.CHECK_FAILED and "tbf" in check.output["msg"]
+    assert "capabilities.bandwidth" in check.output["msg"]
