@@ -5,7 +5,8 @@
  * traffic beyond the VNet source-translated to the primary IP, and the
  * host's own addresses, and replies in flows the host stack delivered, to
  * the host stack. Tagged frames, malformed packets and destinations no pod
- * may reach are dropped first.
+ * may reach are dropped first. A pod's egress rate limit paces what it
+ * sends to the NIC and to other pods (lib/bandwidth.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -15,6 +16,7 @@
 #include "lib/pull.h"
 #include "lib/snat.h"
 #include "lib/host_flows.h"
+#include "lib/bandwidth.h"
 
 /* The endpoint behind this veth if (saddr, smac) are its own, else a drop verdict. */
 static __always_inline struct vnd_endpoint *
@@ -122,11 +124,40 @@ static __always_inline void to_outside(struct vnd_pkt *p, struct ethhdr *eth, st
 		to_fabric(node, eth, ip, v, reason);
 }
 
+/*
+ * Steps 3 to 5: to a pod on this node, to the VNet, or beyond it. Into a
+ * pod directly, unless the sender (src_bw) or the receiver has a rate
+ * limit: then through the receiver's host veth, whose qdisc paces.
+ */
+static __always_inline void to_destination(struct vnd_pkt *p, struct ethhdr *eth,
+					   struct iphdr *ip, const struct vnd_node *node,
+					   __u8 dest, const struct vnd_bandwidth *src_bw,
+					   struct vnd_verdict *v)
+{
+	struct vnd_endpoint *dst = vnd_endpoints.lookup(&ip->daddr);
+	int paced;
+
+	if (dst && (node->flags & VND_NODE_LOCAL_SWITCHING)) {
+		paced = (src_bw && src_bw->egress.bytes_per_s) ||
+			bandwidth_ingress_limited(dst, ip->daddr);
+		forward_ipv4(eth, ip, dst->host_mac, dst->pod_mac,
+			     paced ? VND_HOW_POD_QDISC : VND_HOW_PEER, dst->ifindex,
+			     paced ? VND_FWD_LOCAL_PACED : VND_FWD_LOCAL, v);
+		return;
+	}
+	if (dst || dest == VND_DEST_VNET) {
+		to_fabric(node, eth, ip, v, VND_FWD_VNET);
+		return;
+	}
+	to_outside(p, eth, ip, node, v);
+}
+
 static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v)
 {
 	struct ethhdr *eth = pkt_data(p);
 	struct iphdr *ip = ipv4_header(eth, pkt_end(p));
-	struct vnd_endpoint *src, *dst;
+	struct vnd_bandwidth *src_bw;
+	struct vnd_endpoint *src;
 	struct vnd_flow_key flow;
 	struct vnd_node *node;
 	__u8 dest;
@@ -160,17 +191,13 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 		verdict_set(v, VND_HOW_PASS, 0, VND_FWD_HOST_FLOW);
 		return;
 	}
-	dst = vnd_endpoints.lookup(&ip->daddr);
-	if (dst && (node->flags & VND_NODE_LOCAL_SWITCHING)) {
-		forward_ipv4(eth, ip, dst->host_mac, dst->pod_mac, VND_HOW_PEER, dst->ifindex,
-			     VND_FWD_LOCAL, v);
-		return;
+	src_bw = bandwidth_of(src, ip->saddr);
+	to_destination(p, eth, ip, node, dest, src_bw, v);
+	if (src_bw && v->how != VND_HOW_DROP) {
+		err = bandwidth_pace(p->ctx, &src_bw->egress);
+		if (err)
+			verdict_drop(v, err);
 	}
-	if (dst || dest == VND_DEST_VNET) {
-		to_fabric(node, eth, ip, v, VND_FWD_VNET);
-		return;
-	}
-	to_outside(p, eth, ip, node, v);
 }
 
 int from_container(struct __sk_buff *skb)

@@ -1,24 +1,46 @@
 /*
  * tc egress on the host end of a pod's veth: what the host stack delivers to
- * a pod (the datapath's own bpf_redirect_peer skips this hook). Flows from
- * outside the node that arrive this way were routed, and usually translated,
- * by the host: they are remembered (lib/host_flows.h) so that their replies
- * return through the host too. Nothing is changed or dropped here.
+ * a pod, and what the datapath sends through this veth's qdisc to be paced
+ * (VND_HOW_POD_QDISC; its own bpf_redirect_peer skips this hook). Flows from
+ * outside the node that the host delivers were routed, and usually
+ * translated, by the host: they are remembered (lib/host_flows.h) so that
+ * their replies return through the host too. A pod with an ingress rate
+ * limit has every packet but the host's own connections paced here
+ * (lib/bandwidth.h); nothing else is changed or dropped.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
+#include "lib/verdict.h"
 #include "lib/ipv4.h"
 #include "lib/pull.h"
 #include "lib/host_flows.h"
+#include "lib/bandwidth.h"
+
+static __always_inline void remember_host_flow(const struct vnd_pkt *p, struct iphdr *ip,
+					       struct vnd_endpoint *ep)
+{
+	struct vnd_flow_key key;
+	__u64 now;
+
+	if (host_flow_key(p, ip, ip->daddr, ip->saddr, 0, &key))
+		return;
+	now = bpf_ktime_get_ns();
+	vnd_host_flows.update(&key, &now);
+	if (!(ep->flags & VND_EP_HOST_FLOWS))
+		ep->flags |= VND_EP_HOST_FLOWS;  /* racing writers all set the same bit */
+}
 
 int to_container(struct __sk_buff *skb)
 {
+	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_TO_POD };
 	struct vnd_pkt p = { .ctx = skb, .is_xdp = 0 };
+	int forwarded = tc_take_forwarded(skb);
+	struct vnd_bandwidth *bw;
 	struct vnd_endpoint *ep;
-	struct vnd_flow_key key;
 	struct ethhdr *eth;
 	struct iphdr *ip;
-	__u64 now;
+	__be32 pod;
+	int reason;
 
 	tc_pull_headers(skb);
 	eth = pkt_data(&p);
@@ -26,14 +48,18 @@ int to_container(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	ip = ipv4_header(eth, pkt_end(&p));
 	/* The host's own connections need nothing: their replies are for the host. */
-	if (!ip || dest_class(ip->saddr) == VND_DEST_HOST)
+	if (!ip || (!forwarded && dest_class(ip->saddr) == VND_DEST_HOST))
 		return TC_ACT_OK;
-	ep = vnd_endpoints.lookup(&ip->daddr);
-	if (!ep || host_flow_key(&p, ip, ip->daddr, ip->saddr, 0, &key))
+	pod = ip->daddr;
+	ep = vnd_endpoints.lookup(&pod);
+	if (!ep)
 		return TC_ACT_OK;
-	now = bpf_ktime_get_ns();
-	vnd_host_flows.update(&key, &now);
-	if (!(ep->flags & VND_EP_HOST_FLOWS))
-		ep->flags |= VND_EP_HOST_FLOWS;  /* racing writers all set the same bit */
-	return TC_ACT_OK;
+	if (!forwarded)
+		remember_host_flow(&p, ip, ep);
+	bw = bandwidth_of(ep, pod);
+	reason = bw ? bandwidth_pace(skb, &bw->ingress) : 0;
+	if (!reason)
+		return TC_ACT_OK;
+	verdict_drop(&v, reason);
+	return tc_finish(skb, &v);
 }

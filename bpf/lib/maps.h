@@ -39,13 +39,28 @@
 /* vnd:layouts begin */
 
 #define VND_EP_HOST_FLOWS 1     /* the host stack has delivered flows to this pod */
+#define VND_EP_BANDWIDTH 2      /* vnd_bandwidth may hold rate limits for this pod */
 
 /* A pod on this node, keyed by its IPv4 address (network order). */
 struct vnd_endpoint {
 	__u32 ifindex;          /* host end of the pod's veth */
 	__u8 pod_mac[6];
 	__u8 host_mac[6];
-	__u32 flags;            /* VND_EP_*, set by the datapath */
+	__u32 flags;            /* VND_EP_*: HOST_FLOWS set by the datapath, BANDWIDTH by the control plane */
+};
+
+/* One direction of a pod's rate limit, paced by earliest departure times
+ * (lib/bandwidth.h): each packet leaves at the later of now and next_ns. */
+struct vnd_rate {
+	__u64 bytes_per_s;      /* 0: unlimited */
+	__u64 next_ns;          /* bpf_ktime_get_ns() from which the next packet may leave; the datapath advances it */
+};
+
+/* A pod's rate limits, keyed by its IPv4 address (network order); read only
+ * for endpoints flagged VND_EP_BANDWIDTH. */
+struct vnd_bandwidth {
+	struct vnd_rate egress;  /* from the pod */
+	struct vnd_rate ingress; /* to the pod */
 };
 
 /* A flow the host stack delivered to a pod, as the pod's replies carry it. */
@@ -161,6 +176,8 @@ struct vnd_redirect_trace {
 
 BPF_TABLE_PINNED("hash", __be32, struct vnd_endpoint, vnd_endpoints,
 		 VND_MAX_ENDPOINTS, VND_MAPS_DIR "/endpoints");
+BPF_TABLE_PINNED("hash", __be32, struct vnd_bandwidth, vnd_bandwidth,
+		 VND_MAX_ENDPOINTS, VND_MAPS_DIR "/bandwidth");
 BPF_TABLE_PINNED("array", __u32, struct vnd_node, vnd_node, 1,
 		 VND_MAPS_DIR "/node");
 BPF_TABLE_PINNED("lpm_trie", struct vnd_cidr_key, __u8, vnd_vnet_cidrs,

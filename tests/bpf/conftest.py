@@ -13,9 +13,10 @@ from scapy.layers.l2 import Ether
 from vnetdp.datapath import maps as M
 from vnetdp.datapath import syscall
 from vnetdp.datapath.bpffs import Bpffs
-from vnetdp.datapath.loader import Programs
+from vnetdp.datapath.loader import PROGRAMS, Programs
 
-from pkt_harness import GW_MAC, HOW, NIC_IFINDEX, NIC_MAC, POD_A, POD_B, PRIMARY, SNAT_TABLE_SIZE, Run
+from pkt_harness import (GW_MAC, HOW, NIC_IFINDEX, NIC_MAC, POD_A, POD_B, PRIMARY, SKB_SIZE, SNAT_TABLE_SIZE, Run,
+                         skb_ctx, skb_fields)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,8 @@ def maps(datapath: Programs) -> Iterator[M.Maps]:
         m.delete_snat_quota(ip)
     for flow in m.host_flows():
         m.delete_host_flow(flow)
+    for ip in m.bandwidths():
+        m.delete_bandwidth(ip)
     frags = M.PinnedMap(f"{m.dir}/snat_frags", "struct vnd_snat_frag_key", "struct vnd_snat_frag_val")
     for key in list(frags.keys()):
         frags.delete(key)
@@ -62,13 +65,17 @@ def run(datapath: Programs):
     trace = M.PinnedMap(f"{datapath.bpffs.maps_dir}/trace", "__u32", "struct vnd_redirect_trace")
     fds: dict[str, int] = {}
 
-    def _run(prog: str, frame) -> Run:
+    def _run(prog: str, frame, mark: int = 0) -> Run:
+        """``mark``: the skb's mark as a tc program gets it."""
         if prog not in fds:
             fds[prog] = datapath.prog_fd(prog)
         trace.put(0, {})
-        retval, out, _ = syscall.prog_test_run(fds[prog], bytes(frame))
+        tc = PROGRAMS[prog][1] == "tc"
+        ctx = bytearray(SKB_SIZE) if tc else None
+        retval, out, _ = syscall.prog_test_run(fds[prog], bytes(frame), ctx=skb_ctx(mark) if tc else None,
+                                               ctx_out=ctx)
         t = trace.get(0)
-        return Run(retval, Ether(out), out, t.ifindex, HOW[t.how])
+        return Run(retval, Ether(out), out, t.ifindex, HOW[t.how], *(skb_fields(ctx) if tc else (0, 0)))
 
     yield _run
     for fd in fds.values():

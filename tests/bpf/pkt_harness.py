@@ -2,6 +2,7 @@
 outcome, and readers of counters and checksums (fixtures are in conftest)."""
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from scapy.layers.l2 import Ether
@@ -10,7 +11,7 @@ from vnetdp.datapath import maps as M
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
-HOW = {0: "drop", 1: "pass", 2: "egress", 3: "peer"}
+HOW = {0: "drop", 1: "pass", 2: "egress", 3: "peer", 4: "pod-qdisc"}
 SNAT_TABLE_SIZE = 64  # entries in the test build: small enough to fill
 
 # The test node: ifindex 1 (lo) is the pod veth the frames arrive on.
@@ -20,6 +21,25 @@ POD_A = dict(ip="10.3.1.1", ep=M.Endpoint(1, "02:00:00:00:00:0a", "02:00:00:00:0
 POD_B = dict(ip="10.3.1.2", ep=M.Endpoint(7, "02:00:00:00:00:0b", "02:00:00:00:01:0b"))
 
 
+# struct __sk_buff (uapi/linux/bpf.h, a stable layout): its size, and the
+# offsets of the fields BPF_PROG_TEST_RUN takes in and gives back that the
+# tests use.
+SKB_SIZE, SKB_MARK, SKB_TSTAMP = 192, 8, 152
+
+
+def skb_ctx(mark: int = 0, tstamp: int = 0) -> bytes:
+    """A tc program's starting context: a zeroed struct __sk_buff with these fields."""
+    ctx = bytearray(SKB_SIZE)
+    struct.pack_into("<I", ctx, SKB_MARK, mark)
+    struct.pack_into("<Q", ctx, SKB_TSTAMP, tstamp)
+    return bytes(ctx)
+
+
+def skb_fields(ctx: bytes) -> tuple[int, int]:
+    """(mark, tstamp) of a struct __sk_buff a program ended with."""
+    return struct.unpack_from("<I", ctx, SKB_MARK)[0], struct.unpack_from("<Q", ctx, SKB_TSTAMP)[0]
+
+
 @dataclass
 class Run:
     retval: int
@@ -27,6 +47,8 @@ class Run:
     raw: bytes
     redirect_ifindex: int
     how: str
+    mark: int = 0       # tc: the skb's mark and delivery time after the run
+    tstamp: int = 0
 
 
 def metric(maps: M.Maps, ifindex: int, reason: str) -> int:

@@ -125,7 +125,7 @@ def compiled(datapath) -> tuple[list[CompiledMap], dict[str, tuple[int, list[tup
 def test_every_map_key_and_value_is_a_layouts_type_of_the_compiled_size(compiled):
     maps, _ = compiled
     assert {m.name for m in maps} >= {"endpoints", "node", "vnet_cidrs", "metrics", "snat", "snat_quota",
-                                     "snat_frags", "host_flows", "trace"}
+                                     "snat_frags", "host_flows", "bandwidth", "trace"}
     for m in maps:
         assert (L.sizeof(m.key), L.sizeof(m.value)) == (m.key_size, m.value_size), m.name
 

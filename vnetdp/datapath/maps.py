@@ -7,6 +7,7 @@ writing them never compiles anything.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import os
@@ -160,7 +161,7 @@ class Endpoint:
     ifindex: int
     pod_mac: str
     host_mac: str
-    flags: int = 0
+    flags: int = 0          # EP_*: EP_HOST_FLOWS is the datapath's, EP_BANDWIDTH the control plane's
 
     def to_c(self):
         return L.new("struct vnd_endpoint", {"ifindex": self.ifindex, "pod_mac": mac_bytes(self.pod_mac),
@@ -169,6 +170,36 @@ class Endpoint:
     @classmethod
     def from_c(cls, c) -> Endpoint:
         return cls(c.ifindex, mac_str(c.pod_mac), mac_str(c.host_mac), c.flags)
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """A pod's rate limits in bytes per second, 0 meaning unlimited: egress is
+    what the pod sends, ingress what it receives. The datapath paces each
+    limited direction (bpf/lib/bandwidth.h); it reads them only for an
+    endpoint flagged EP_BANDWIDTH."""
+
+    egress_bytes_per_s: int = 0
+    ingress_bytes_per_s: int = 0
+
+    @classmethod
+    def from_bits(cls, egress_bits_per_s: int = 0, ingress_bits_per_s: int = 0) -> Bandwidth:
+        """From rates in bits per second (the runtime's egressRate, ingressRate),
+        rounded up: a small nonzero rate stays a limit."""
+        return cls(-(-egress_bits_per_s // 8), -(-ingress_bits_per_s // 8))
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.egress_bytes_per_s or self.ingress_bytes_per_s)
+
+    def to_c(self):
+        """The map value, with both clocks at 0 (the next packet leaves at once)."""
+        return L.new("struct vnd_bandwidth", {"egress": {"bytes_per_s": self.egress_bytes_per_s},
+                                               "ingress": {"bytes_per_s": self.ingress_bytes_per_s}})
+
+    @classmethod
+    def from_c(cls, c) -> Bandwidth:
+        return cls(c.egress.bytes_per_s, c.ingress.bytes_per_s)
 
 
 @dataclass(frozen=True)
@@ -277,10 +308,11 @@ class Maps:
         self._snat = PinnedMap(f"{maps_dir}/snat", "struct vnd_snat_key", "struct vnd_snat_val")
         self._snat_quota = PinnedMap(f"{maps_dir}/snat_quota", "__be32", "struct vnd_snat_quota")
         self._host_flows = PinnedMap(f"{maps_dir}/host_flows", "struct vnd_flow_key", "__u64")
+        self._bandwidth = PinnedMap(f"{maps_dir}/bandwidth", "__be32", "struct vnd_bandwidth")
 
     def close(self) -> None:
         for m in (self._endpoints, self._node, self._cidrs, self._metrics, self._snat, self._snat_quota,
-                  self._host_flows):
+                  self._host_flows, self._bandwidth):
             m.close()
 
     def __enter__(self) -> Maps:
@@ -302,6 +334,40 @@ class Maps:
 
     def endpoints(self) -> dict[ipaddress.IPv4Address, Endpoint]:
         return {ip_of(k): Endpoint.from_c(v) for k, v in self._endpoints.items()}
+
+    def update_endpoint_flags(self, ip: ipaddress.IPv4Address | str, add: int = 0,
+                              remove: int = 0) -> Endpoint | None:
+        """Set the flags ``add`` and clear ``remove`` of an existing endpoint,
+        keeping the rest (the datapath sets EP_HOST_FLOWS itself); the
+        endpoint as written, None when there is none. A read-modify-write: a
+        bit the datapath sets in between is lost, and set again by the next
+        host-delivered packet."""
+        c = self._endpoints.get(ip_be32(ip))
+        if c is None:
+            return None
+        c.flags = (c.flags | add) & ~remove
+        try:
+            self._endpoints.put(ip_be32(ip), c, syscall.BPF_EXIST)
+        except syscall.BpfError as e:
+            if e.errno == errno.ENOENT:  # deleted in between
+                return None
+            raise
+        return Endpoint.from_c(c)
+
+    # rate limits (the endpoint's EP_BANDWIDTH flag makes the datapath read them)
+    def bandwidth(self, ip: ipaddress.IPv4Address | str) -> Bandwidth | None:
+        c = self._bandwidth.get(ip_be32(ip))
+        return Bandwidth.from_c(c) if c is not None else None
+
+    def put_bandwidth(self, ip: ipaddress.IPv4Address | str, bw: Bandwidth) -> None:
+        """Write the pod's rates; the datapath's clocks restart."""
+        self._bandwidth.put(ip_be32(ip), bw.to_c())
+
+    def delete_bandwidth(self, ip: ipaddress.IPv4Address | str) -> bool:
+        return self._bandwidth.delete(ip_be32(ip))
+
+    def bandwidths(self) -> dict[ipaddress.IPv4Address, Bandwidth]:
+        return {ip_of(k): Bandwidth.from_c(v) for k, v in self._bandwidth.items()}
 
     # node settings
     def node(self) -> Node | None:

@@ -44,6 +44,8 @@ ATTACH_TCX_INGRESS = 46
 ATTACH_TCX_EGRESS = 47
 
 BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
 
 # The heads of the kernel's union bpf_attr members and info structs that the
 # commands below use (include/uapi/linux/bpf.h); pointers travel as u64.
@@ -209,16 +211,22 @@ def obj_get(path: str) -> int:
     return _call(OBJ_GET, attr, f"open pinned {path}")
 
 
-def prog_test_run(fd: int, data: bytes, repeat: int = 1,
-                  ctx: bytes | None = None) -> tuple[int, bytes, int]:
-    """Run a program on one frame: (return value, frame out, mean ns per run)."""
+def prog_test_run(fd: int, data: bytes, repeat: int = 1, ctx: bytes | None = None,
+                  ctx_out: bytearray | None = None) -> tuple[int, bytes, int]:
+    """Run a program on one frame: (return value, frame out, mean ns per run).
+    ``ctx`` is the context it starts with (a tc program's struct __sk_buff,
+    the fields the kernel takes), ``ctx_out`` a buffer that receives the
+    context it ends with."""
     ffi = _ffi()
     data_in = ffi.new("char[]", data)
     data_out = ffi.new("char[]", len(data) + 256)
     ctx_in = ffi.new("char[]", ctx) if ctx else None
+    ctx_buf = ffi.from_buffer(ctx_out) if ctx_out is not None else None
     attr = _attr(test={"prog_fd": fd, "data_size_in": len(data), "data_size_out": len(data_out),
                        "data_in": _addr(data_in), "data_out": _addr(data_out), "repeat": repeat,
-                       "ctx_size_in": len(ctx) if ctx else 0, "ctx_in": _addr(ctx_in)})
+                       "ctx_size_in": len(ctx) if ctx else 0, "ctx_in": _addr(ctx_in),
+                       "ctx_size_out": len(ctx_out) if ctx_out is not None else 0,
+                       "ctx_out": _addr(ctx_buf)})
     _call(PROG_TEST_RUN, attr, "prog test run")
     t = attr.test
     return t.retval, ffi.buffer(data_out, t.data_size_out)[:], t.duration
