@@ -12,7 +12,7 @@ lab_locked = flock -n $(LAB_LOCK) true || echo "make $@: another lab run holds $
              flock -o $(LAB_LOCK) $(1)
 APT_PACKAGES := python3-bpfcc python3-venv iproute2 nftables iptables iperf3 iputils-ping ethtool \
                 containernetworking-plugins sockperf ebtables python3-matplotlib \
-                podman busybox-static golang-go golang-github-appc-cni-dev
+                podman busybox-static golang-go golang-github-appc-cni-dev containerd gcc libc6-dev
 
 .PHONY: setup demo test bench clean
 
