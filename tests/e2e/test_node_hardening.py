@@ -199,10 +199,10 @@ def _gone_when(pids: list[int], tries: int = 100) -> bool:
     ({"ipam": {"type": "vnetdp-ipam", "url": "file:///etc/passwd"}}, Code.INVALID_CONFIG, "ipam.url"),
 ], ids=["refresh-type", "logfile-dir", "prev-address", "prev-shape", "ports-bool", "no-name", "no-type",
         "dns-type", "url-scheme"])
-def test_bad_config_values_are_code_7_naming_the_field(lab, pods, fields, code, names):
+def test_bad_config_values_are_code_7_naming_the_field(lab, pods, ipam_dir, fields, code, names):
     conf = {k: v for k, v in {**cni.network_config(), **fields}.items() if v is not None}
     if "ipam" in fields and "refreshSeconds" in fields["ipam"]:
-        conf["ipam"]["stateDir"] = tempfile.mkdtemp(prefix="vnd-ipam-")  # a fresh pool: it must refresh
+        conf["ipam"]["stateDir"] = ipam_dir  # a fresh pool: it must refresh
     state = state_of(lab, pods.vm)
     ns = pods.netns()
     call = pods.call("ADD", ns, conf)
@@ -268,34 +268,40 @@ def document_server(vm_ns: str, body: bytes, bytes_per_second: float | None = No
         server.server_close()
 
 
+@pytest.fixture
+def ipam_dir() -> Iterator[str]:
+    """A state directory for an IPAM pool of the test's own, removed afterwards."""
+    path = tempfile.mkdtemp(prefix="vnd-ipam-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def ipam_conf(url: str, state_dir: str, **ipam) -> dict:
     return cni.network_config(ipam={"type": "vnetdp-ipam", "url": url, "stateDir": state_dir, **ipam})
 
 
-def test_a_garbage_interface_document_is_code_102(lab, pods):
-    state = tempfile.mkdtemp(prefix="vnd-ipam-")
+def test_a_garbage_interface_document_is_code_102(lab, pods, ipam_dir):
+    state = ipam_dir
     with document_server(pods.vm.ns, b"\xff\xfe\x00garbage\x80") as url:
         call = pods.call("ADD", pods.netns(), ipam_conf(url, state))
     assert call.code == Code.SOURCE_UNAVAILABLE and "Traceback" not in call.output["msg"], call.output
-    shutil.rmtree(state)
 
 
-def test_a_document_that_offers_the_nodes_own_address_never_hands_it_out(lab, pods):
+def test_a_document_that_offers_the_nodes_own_address_never_hands_it_out(lab, pods, ipam_dir):
     vm = pods.vm
     doc = json.dumps({"Interfaces": [{"MacAddress": vm.mac.replace(":", ""), "IsPrimary": True, "IPSubnets": [
         {"Prefix": "10.3.0.0/16", "IPAddresses": [{"Address": str(vm.primary), "IsPrimary": False}]}]}]})
-    state = tempfile.mkdtemp(prefix="vnd-ipam-")
+    state = ipam_dir
     with document_server(vm.ns, doc.encode()) as url:
         call = pods.call("ADD", pods.netns(), ipam_conf(url, state))
     assert call.code == Code.POOL_EXHAUSTED, call.output
     assert default_routes(vm.ns) and probe.ping(lab.plan.peer, str(vm.primary), count=1).ok
-    shutil.rmtree(state)
 
 
-def test_a_slow_document_holds_no_lock_and_times_out(lab, pods):
+def test_a_slow_document_holds_no_lock_and_times_out(lab, pods, ipam_dir):
     """One ADD must re-read a document sent at 2 bytes/s; an ADD for another pod
     in the same pool (fresh enough for it) finishes while the first waits."""
-    state = tempfile.mkdtemp(prefix="vnd-ipam-")
+    state = ipam_dir
     vm = pods.vm
     spare = [ipaddress.IPv4Address(f"10.3.{vm.k}.{200 + i}") for i in range(3)]  # not the lab pool's
     doc = nmagent.interface_document(vm.mac, P.VNET, vm.primary, spare).encode()
@@ -320,7 +326,6 @@ def test_a_slow_document_holds_no_lock_and_times_out(lab, pods):
     finally:
         for ns in pods.made:
             pods.call("DEL", ns, ipam_conf("http://127.0.0.1:1/unused", state))
-        shutil.rmtree(state)
 
 
 def test_concurrent_adds_for_one_attachment_give_one_endpoint(lab, pods):
