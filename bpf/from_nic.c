@@ -3,8 +3,8 @@
  * SPEC §5 "From the NIC". Frames for a local pod go straight into it,
  * replies of translated flows (their fragments, and ICMP errors about them)
  * are translated back and go into their pod; all else reaches the host
- * stack untouched. Frames for a pod with an ingress rate limit go through
- * its host veth instead, to be paced there (lib/bandwidth.h).
+ * stack untouched. A pod's ingress rate limit polices what goes into it
+ * (lib/bandwidth.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -34,9 +34,8 @@ static __always_inline int nic_reverse_snat(struct vnd_pkt *p, struct iphdr *ip,
 
 static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
 {
-	__u32 nic = v->metric_ifindex;
 	struct ethhdr *eth = pkt_data(p);
-	__u8 how = VND_HOW_PEER;
+	struct vnd_bandwidth *bw;
 	struct vnd_endpoint *ep;
 	struct iphdr *ip;
 	int reason;
@@ -72,22 +71,13 @@ static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
 		if (!ip)
 			return;
 	}
-	if (bandwidth_ingress_limited(ep, ip->daddr)) {
-		if (p->is_xdp) {
-			/* XDP cannot pace: up to tc ingress (from_nic, attached behind
-			 * this program while any pod has an ingress limit), translated
-			 * but with its TTL and MACs left to tc. Counted for the NIC:
-			 * the pod's count is tc's. */
-			v->metric_ifindex = nic;
-			v->dir = VND_DIR_NIC;
-			verdict_set(v, VND_HOW_PASS, 0, VND_PASS_XDP_PACED);
-			return;
-		}
-		/* Through the pod's host veth, whose tc egress paces. */
-		how = VND_HOW_POD_QDISC;
-		reason = VND_FWD_TO_POD_PACED;
+	bw = bandwidth_of(ep, ip->daddr);
+	forward_ipv4(eth, ip, ep->host_mac, ep->pod_mac, VND_HOW_PEER, ep->ifindex, reason, v);
+	if (bw && v->how != VND_HOW_DROP) {
+		reason = bandwidth_police(&bw->ingress, pkt_len(p));
+		if (reason)
+			verdict_drop(v, reason);
 	}
-	forward_ipv4(eth, ip, ep->host_mac, ep->pod_mac, how, ep->ifindex, reason, v);
 }
 
 int from_nic(struct __sk_buff *skb)

@@ -1,12 +1,11 @@
 /*
  * tc egress on the host end of a pod's veth: what the host stack delivers to
- * a pod, and what the datapath sends through this veth's qdisc to be paced
- * (VND_HOW_POD_QDISC; its own bpf_redirect_peer skips this hook). Flows from
- * outside the node that the host delivers were routed, and usually
- * translated, by the host: they are remembered (lib/host_flows.h) so that
- * their replies return through the host too. A pod with an ingress rate
- * limit has every packet but the host's own connections paced here
- * (lib/bandwidth.h); nothing else is changed or dropped.
+ * a pod (the datapath's own bpf_redirect_peer skips this hook, and its XDP
+ * redirects do too). Flows from outside the node that arrive this way were
+ * routed, and usually translated, by the host: they are remembered
+ * (lib/host_flows.h) so that their replies return through the host too. A
+ * pod's ingress rate limit polices them (lib/bandwidth.h); the host's own
+ * connections pass untouched. Nothing else is changed or dropped here.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -34,7 +33,6 @@ int to_container(struct __sk_buff *skb)
 {
 	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_TO_POD };
 	struct vnd_pkt p = { .ctx = skb, .is_xdp = 0 };
-	int forwarded = tc_take_forwarded(skb);
 	struct vnd_bandwidth *bw;
 	struct vnd_endpoint *ep;
 	struct ethhdr *eth;
@@ -47,17 +45,17 @@ int to_container(struct __sk_buff *skb)
 	if ((void *)(eth + 1) > pkt_end(&p) || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	ip = ipv4_header(eth, pkt_end(&p));
-	/* The host's own connections need nothing: their replies are for the host. */
-	if (!ip || (!forwarded && dest_class(ip->saddr) == VND_DEST_HOST))
+	/* The host's own connections need nothing (their replies are for the host):
+	 * neither remembered nor policed. */
+	if (!ip || dest_class(ip->saddr) == VND_DEST_HOST)
 		return TC_ACT_OK;
 	pod = ip->daddr;
 	ep = vnd_endpoints.lookup(&pod);
 	if (!ep)
 		return TC_ACT_OK;
-	if (!forwarded)
-		remember_host_flow(&p, ip, ep);
+	remember_host_flow(&p, ip, ep);
 	bw = bandwidth_of(ep, pod);
-	reason = bw ? bandwidth_pace(skb, &bw->ingress) : 0;
+	reason = bw ? bandwidth_police(&bw->ingress, skb->len) : 0;
 	if (!reason)
 		return TC_ACT_OK;
 	verdict_drop(&v, reason);

@@ -64,9 +64,10 @@ def _setup_pod_side(ifname: str, address: ipaddress.IPv4Address, host_mac: str, 
 
 def add(node: Node, container_id: str, netns_path: str, ifname: str,
         address: ipaddress.IPv4Address, mtu: int | None = None,
-        macs: tuple[str, str] | None = None) -> EndpointInfo:
+        macs: tuple[str, str] | None = None, bandwidth: M.Bandwidth | None = None) -> EndpointInfo:
     """Create the endpoint (``macs``: the host end's and the pod's MAC, to
-    rebuild one as it was); on any failure nothing of it remains."""
+    rebuild one as it was; ``bandwidth``: its rate limits, in force before its
+    first packet); on any failure nothing of it remains."""
     name = host_ifname(container_id, ifname)
     with contextlib.ExitStack() as fds, contextlib.ExitStack() as undo, IPRoute() as ipr:
         mtu = mtu or node.configure(ipr).nic.mtu
@@ -82,8 +83,11 @@ def add(node: Node, container_id: str, netns_path: str, ifname: str,
                 _attach_pod_xdp(node, ifname, name)
         links.route_host(ipr, address, host, pod_mac)
         with node.maps() as m:
-            m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac))
             undo.callback(_forget, node, address, host.index)
+            if bandwidth is not None and bandwidth.limited:
+                m.put_bandwidth(address, bandwidth)
+            m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac,
+                                               M.EP_BANDWIDTH if bandwidth and bandwidth.limited else 0))
         for hook, prog in POD_PROGRAMS.items():
             fd = node.programs.prog_fd(prog)
             fds.callback(os.close, fd)
@@ -108,6 +112,11 @@ def _attach_pod_xdp(node: Node, ifname: str, host_name: str) -> None:
         os.close(fd)
 
 
+def _same_rates(a: M.Bandwidth | None, b: M.Bandwidth | None) -> bool:
+    rates = lambda bw: (bw.egress_bytes_per_s, bw.ingress_bytes_per_s) if bw else (0, 0)  # noqa: E731
+    return rates(a) == rates(b)
+
+
 def _forget(node: Node, address: ipaddress.IPv4Address | None, ifindex: int | None) -> None:
     """Remove the map entry for ``address`` if it still belongs to ``ifindex``,
     and the address's flows with it: before the address can go to another
@@ -117,6 +126,7 @@ def _forget(node: Node, address: ipaddress.IPv4Address | None, ifindex: int | No
             ep = m.endpoint(address)
             if ep is None or ifindex is None or ep.ifindex == ifindex:
                 m.delete_endpoint(address)
+                m.delete_bandwidth(address)
                 snat.purge(m, address)
         if ifindex is not None:
             m.forget_metrics(ifindex)
@@ -168,9 +178,10 @@ def remove_strays(node: Node, keep: set[str]) -> list[str]:
 
 
 def check(node: Node, container_id: str, ifname: str, netns_path: str,
-          address: ipaddress.IPv4Address) -> list[str]:
+          address: ipaddress.IPv4Address, bandwidth: M.Bandwidth | None = None) -> list[str]:
     """What is wrong with a live endpoint: empty when veth, addresses, routes,
-    map entry and attached program are all as ``add`` left them."""
+    map entries (``bandwidth``, when given: the limits it must have) and
+    attached programs are all as ``add`` left them."""
     problems: list[str] = []
     name = host_ifname(container_id, ifname)
     with IPRoute() as ipr:
@@ -187,8 +198,11 @@ def check(node: Node, container_id: str, ifname: str, netns_path: str,
                             "(a chained bandwidth plugin?): use capabilities.bandwidth instead")
     with node.maps() as m:
         ep = m.endpoint(address)
+        limits = m.bandwidth(address) if ep is not None and ep.flags & M.EP_BANDWIDTH else None
     if ep is None or ep.ifindex != host.index:
         problems.append(f"datapath has no endpoint entry for {address} on {name}")
+    if bandwidth is not None and ep is not None and not _same_rates(limits, bandwidth):
+        problems.append(f"bandwidth limits are {limits or 'none'} in the datapath, {bandwidth} asked")
     for hook, prog in POD_PROGRAMS.items():
         fd = node.programs.prog_fd(prog)
         try:

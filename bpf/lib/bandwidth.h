@@ -1,23 +1,38 @@
 /*
- * Pod bandwidth limits (the runtime's ingress and egress rates), paced by
- * earliest departure time as the mature eBPF datapaths do: each limited
- * direction of a pod has a clock (struct vnd_rate). A packet leaves at the
- * later of now and that clock (and of a delivery time its sender already
- * gave it); the clock moves on by the packet's length at the rate. The
- * departure time goes into skb->tstamp as a CLOCK_MONOTONIC delivery time,
- * which the fq qdisc of the device the packet leaves by honours: the NIC for
- * a pod's egress to the VNet and beyond; the receiver's host veth for
- * pod-to-pod traffic and for a pod's ingress, which therefore take
- * bpf_redirect() through that qdisc (VND_HOW_POD_QDISC), not
- * bpf_redirect_peer() past it. A pod's ingress is paced at that veth's tc
- * egress (to_container), so the host stack's deliveries are paced too; the
- * host's own connections to a pod, and what a pod sends to the host stack,
- * are not. Without fq there, delivery times are ignored: nothing is paced.
+ * Pod bandwidth limits (the runtime's ingress and egress rates and bursts),
+ * policed: a packet above a pod's rate is dropped where the datapath handles
+ * it, so no qdisc is needed. (Pacing by skb delivery time needs the fq
+ * qdisc, which many kernels, cloud kernels among them, are built without:
+ * delivery times are then ignored and nothing would be limited.)
  *
- * No burst: an idle clock restarts at now. A packet that would leave beyond
- * the horizon is dropped and counted, so a sender above its rate sees drops
- * (and TCP backs off) rather than an ever longer queue. tc only: XDP frames
- * have no delivery time (from_nic.c passes them on to tc).
+ * Each limited direction of a pod is a GCRA, the virtual-scheduling form of
+ * a token bucket (struct vnd_rate): next_ns is the theoretical arrival time,
+ * burst_ns the tolerance, the burst in bytes as time at the rate. A packet
+ * of len bytes at now conforms when tat = max(next_ns, now) lies at most
+ * burst_ns ahead of now; next_ns then becomes tat + len / rate. Otherwise it
+ * is dropped and counted VND_DROP_RATE_LIMIT, and the clock stays. So an
+ * idle pod may send a burst at once (and one packet more, whatever its
+ * size: a GSO aggregate counts whole), then its rate; a sender above it
+ * sees drops, and TCP backs off. The control plane picks the burst
+ * (vnetdp/datapath/maps.py: by default large enough for TCP to reach the
+ * rate).
+ *
+ * Where: a pod's egress in from_container, for every destination (the VNet,
+ * beyond it translated or not, a pod on this node, the host stack); its
+ * ingress where packets enter it: from_nic before bpf_redirect_peer() and
+ * from_nic_xdp before its redirect (translated replies too), from_container
+ * for a pod on this node (after the sender's egress, which a packet the
+ * receiver then drops has used; such a drop is counted for the receiver),
+ * and to_container, the host veth's tc egress, for what the host stack
+ * delivers, the host's own connections to the pod excepted. The datapath's
+ * own redirects into a pod (bpf_redirect_peer(), XDP's redirect) skip that
+ * hook: nothing is policed twice. Only packets otherwise delivered are
+ * charged: a drop for another reason costs no rate. Lengths are the
+ * frame's from the Ethernet header on.
+ *
+ * Racing CPUs may each read the same next_ns and one's advance is then lost:
+ * a little more than the rate may pass, never less. Pods without the
+ * VND_EP_BANDWIDTH flag pay no lookup.
  */
 #ifndef VND_BANDWIDTH_H
 #define VND_BANDWIDTH_H
@@ -26,9 +41,6 @@
 #include "maps.h"
 #include "reasons.h"
 
-#ifndef VND_RATE_HORIZON_NS
-#define VND_RATE_HORIZON_NS 2000000000ULL  /* fq's own horizon is 10 s by default */
-#endif
 #define VND_NSEC_PER_SEC 1000000000ULL
 
 /* The pod's limits: looked up only for pods the control plane flagged. */
@@ -39,36 +51,25 @@ static __always_inline struct vnd_bandwidth *bandwidth_of(const struct vnd_endpo
 	return vnd_bandwidth.lookup(&addr);
 }
 
-/* Whether traffic into the pod is paced: it must then pass its host veth's qdisc. */
-static __always_inline int bandwidth_ingress_limited(const struct vnd_endpoint *ep, __be32 addr)
-{
-	struct vnd_bandwidth *bw = bandwidth_of(ep, addr);
-
-	return bw && bw->ingress.bytes_per_s;
-}
-
 /*
- * Give the packet its departure time at the rate r, which moves r's clock
- * on: 0, or VND_DROP_RATE_HORIZON (the clock stays) when that time lies
- * beyond the horizon. An unlimited direction leaves the packet as it is.
- * Racing CPUs may each take the same clock value: pacing blurs a little.
+ * GCRA: 0 when a packet of len bytes conforms to r (r's clock moves on by
+ * its time at the rate), VND_DROP_RATE_LIMIT when it does not (the clock
+ * stays). An unlimited direction admits everything and keeps no clock.
  */
-static __always_inline int bandwidth_pace(struct __sk_buff *skb, struct vnd_rate *r)
+static __always_inline int bandwidth_police(struct vnd_rate *r, __u32 len)
 {
 	__u64 rate = r->bytes_per_s;
-	__u64 now = bpf_ktime_get_ns();
-	__u64 t = r->next_ns;
+	__u64 now, tat;
 
 	if (!rate)
 		return 0;
-	if (skb->tstamp_type == BPF_SKB_TSTAMP_DELIVERY_MONO && skb->tstamp > t)
-		t = skb->tstamp;
-	if (t < now)
-		t = now;
-	if (t - now > VND_RATE_HORIZON_NS)
-		return VND_DROP_RATE_HORIZON;
-	r->next_ns = t + (__u64)skb->len * VND_NSEC_PER_SEC / rate;
-	bpf_skb_set_tstamp(skb, t, BPF_SKB_TSTAMP_DELIVERY_MONO);
+	now = bpf_ktime_get_ns();
+	tat = r->next_ns;
+	if (tat < now)
+		tat = now;
+	if (tat - now > r->burst_ns)
+		return VND_DROP_RATE_LIMIT;
+	r->next_ns = tat + (__u64)len * VND_NSEC_PER_SEC / rate;
 	return 0;
 }
 

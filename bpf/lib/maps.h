@@ -49,11 +49,12 @@ struct vnd_endpoint {
 	__u32 flags;            /* VND_EP_*: HOST_FLOWS set by the datapath, BANDWIDTH by the control plane */
 };
 
-/* One direction of a pod's rate limit, paced by earliest departure times
- * (lib/bandwidth.h): each packet leaves at the later of now and next_ns. */
+/* One direction of a pod's rate limit, policed by GCRA (lib/bandwidth.h): a
+ * packet passes while next_ns lies at most burst_ns ahead of now. */
 struct vnd_rate {
 	__u64 bytes_per_s;      /* 0: unlimited */
-	__u64 next_ns;          /* bpf_ktime_get_ns() from which the next packet may leave; the datapath advances it */
+	__u64 burst_ns;         /* the tolerance: the burst in bytes, as time at bytes_per_s */
+	__u64 next_ns;          /* the theoretical arrival time (bpf_ktime_get_ns()); the datapath advances it */
 };
 
 /* A pod's rate limits, keyed by its IPv4 address (network order); read only

@@ -172,34 +172,98 @@ class Endpoint:
         return cls(c.ifindex, mac_str(c.pod_mac), mac_str(c.host_mac), c.flags)
 
 
+NSEC_PER_SEC = 1_000_000_000
+BURST_DEFAULT_NS = 20_000_000   # a burst of 0: the rate for 20 ms ...
+BURST_DEFAULT_MIN = 64 * 1024   # ... but at least 64 KiB
+BURST_MAX_NS = NSEC_PER_SEC     # at most the rate for 1 s
+
+
+def _bits_to_bytes(bits: int) -> int:
+    """Rounded up: a small nonzero amount stays nonzero."""
+    return -(-bits // 8)
+
+
+def _burst(rate: int, burst: int) -> int:
+    """The burst, in bytes, that a direction at ``rate`` bytes/s gets for the
+    ``burst`` asked (0: the default): 0 for an unlimited direction."""
+    if not rate:
+        return 0
+    if not burst:
+        burst = max(-(-rate * BURST_DEFAULT_NS // NSEC_PER_SEC), BURST_DEFAULT_MIN)
+    return min(burst, rate * BURST_MAX_NS // NSEC_PER_SEC)
+
+
+def _burst_ns(rate: int, burst: int) -> int:
+    """``burst`` bytes as time at ``rate``, rounded up (a burst is never 0 ns)."""
+    return -(-burst * NSEC_PER_SEC // rate) if rate else 0
+
+
+def _burst_bytes(rate: int, burst_ns: int) -> int:
+    """The inverse of _burst_ns, exact for rates up to 1e9 bytes/s."""
+    return max(burst_ns * rate // NSEC_PER_SEC, 1 if burst_ns else 0)
+
+
 @dataclass(frozen=True)
 class Bandwidth:
-    """A pod's rate limits in bytes per second, 0 meaning unlimited: egress is
-    what the pod sends, ingress what it receives. The datapath paces each
-    limited direction (bpf/lib/bandwidth.h); it reads them only for an
-    endpoint flagged EP_BANDWIDTH."""
+    """A pod's rate limits in bytes per second, 0 meaning unlimited, and the
+    bursts they allow, in bytes: egress is what the pod sends, ingress what it
+    receives. The datapath polices each limited direction (bpf/lib/bandwidth.h,
+    a GCRA: a pod idle long enough may send its burst at once, then its rate;
+    what is above is dropped); it reads them only for an endpoint flagged
+    EP_BANDWIDTH.
+
+    The bursts are settled on construction, so what is written is what
+    reads back. A burst of 0 is the default, max(rate x 20 ms, 64 KiB):
+    policing drops rather than queues, and TCP reaches a rate only with a
+    window's worth of tolerance, about one round trip at the rate (20 ms
+    covers a region's round trips; 64 KiB a slow rate's initial windows). A
+    burst, asked or default, is at most the rate for 1 s: the Kubernetes
+    bandwidth annotations give none, and runtimes pass zero or huge values
+    (a tolerance of minutes would let an idle pod flood at line rate). An
+    unlimited direction's burst is 0."""
 
     egress_bytes_per_s: int = 0
     ingress_bytes_per_s: int = 0
+    egress_burst_bytes: int = 0
+    ingress_burst_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("egress_bytes_per_s", "ingress_bytes_per_s", "egress_burst_bytes", "ingress_burst_bytes"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"Bandwidth.{name} must be a whole number >= 0, not {value!r}")
+        object.__setattr__(self, "egress_burst_bytes", _burst(self.egress_bytes_per_s, self.egress_burst_bytes))
+        object.__setattr__(self, "ingress_burst_bytes", _burst(self.ingress_bytes_per_s, self.ingress_burst_bytes))
 
     @classmethod
-    def from_bits(cls, egress_bits_per_s: int = 0, ingress_bits_per_s: int = 0) -> Bandwidth:
-        """From rates in bits per second (the runtime's egressRate, ingressRate),
-        rounded up: a small nonzero rate stays a limit."""
-        return cls(-(-egress_bits_per_s // 8), -(-ingress_bits_per_s // 8))
+    def from_bits(cls, egress_rate_bits: int = 0, ingress_rate_bits: int = 0, egress_burst_bits: int = 0,
+                  ingress_burst_bits: int = 0) -> Bandwidth:
+        """From rates in bits per second and bursts in bits (the runtime's
+        egressRate, ingressRate, egressBurst, ingressBurst), rounded up to
+        bytes: a small nonzero rate stays a limit."""
+        return cls(_bits_to_bytes(egress_rate_bits), _bits_to_bytes(ingress_rate_bits),
+                   _bits_to_bytes(egress_burst_bits), _bits_to_bytes(ingress_burst_bits))
 
     @property
     def limited(self) -> bool:
         return bool(self.egress_bytes_per_s or self.ingress_bytes_per_s)
 
     def to_c(self):
-        """The map value, with both clocks at 0 (the next packet leaves at once)."""
-        return L.new("struct vnd_bandwidth", {"egress": {"bytes_per_s": self.egress_bytes_per_s},
-                                               "ingress": {"bytes_per_s": self.ingress_bytes_per_s}})
+        """The map value: each burst as time at its rate (burst_ns, rounded
+        up), both clocks at 0 (each direction may send its burst at once)."""
+        return L.new("struct vnd_bandwidth", {
+            "egress": {"bytes_per_s": self.egress_bytes_per_s,
+                       "burst_ns": _burst_ns(self.egress_bytes_per_s, self.egress_burst_bytes)},
+            "ingress": {"bytes_per_s": self.ingress_bytes_per_s,
+                        "burst_ns": _burst_ns(self.ingress_bytes_per_s, self.ingress_burst_bytes)}})
 
     @classmethod
     def from_c(cls, c) -> Bandwidth:
-        return cls(c.egress.bytes_per_s, c.ingress.bytes_per_s)
+        """The limits of a map value; the bursts back in bytes (exact for rates up
+        to 1e9 bytes/s: burst_ns counts whole nanoseconds)."""
+        return cls(c.egress.bytes_per_s, c.ingress.bytes_per_s,
+                   _burst_bytes(c.egress.bytes_per_s, c.egress.burst_ns),
+                   _burst_bytes(c.ingress.bytes_per_s, c.ingress.burst_ns))
 
 
 @dataclass(frozen=True)
@@ -360,7 +424,7 @@ class Maps:
         return Bandwidth.from_c(c) if c is not None else None
 
     def put_bandwidth(self, ip: ipaddress.IPv4Address | str, bw: Bandwidth) -> None:
-        """Write the pod's rates; the datapath's clocks restart."""
+        """Write the pod's rates and bursts; the datapath's clocks restart (a full burst)."""
         self._bandwidth.put(ip_be32(ip), bw.to_c())
 
     def delete_bandwidth(self, ip: ipaddress.IPv4Address | str) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 from vnetdp import defaults
 from vnetdp.cni.spec import CniError, Code, Result
 from vnetdp.datapath import settings
+from vnetdp.datapath.maps import Bandwidth
 
 CNI_FIELDS = {"cniVersion", "name", "type", "ipam", "dns", "capabilities", "runtimeConfig",
               "prevResult", "args", "cni.dev/valid-attachments", "cni.dev/attachments"}
@@ -45,6 +46,7 @@ class NetConf:
     ipam: dict
     mtu: int | None = None
     node_asks: dict[str, Any] = field(default_factory=dict)  # NodeSettings attribute -> value
+    bandwidth: Bandwidth | None = None  # runtimeConfig.bandwidth (capability "bandwidth"); None: not given
     state_dir: str = defaults.DEFAULT_STATE_DIR
     bpffs_dir: str = defaults.DEFAULT_BPFFS_DIR
     log_file: str | None = None
@@ -62,6 +64,27 @@ def _typed(conf: dict, name: str, kind: type, default=None):
     if value is not None and not (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
         raise _invalid(name, f"must be a {kind.__name__}, not {type(value).__name__}")
     return value
+
+
+BANDWIDTH_FIELDS = ("egressRate", "ingressRate", "egressBurst", "ingressBurst")  # bits/s and bits
+
+
+def _bandwidth(conf: dict) -> Bandwidth | None:
+    """The runtime's bandwidth limits (Kubernetes' bandwidth annotations reach
+    plugins that declare the capability as runtimeConfig.bandwidth)."""
+    runtime = _typed(conf, "runtimeConfig", dict, {})
+    asked = runtime.get("bandwidth")
+    if asked is None:
+        return None
+    if not isinstance(asked, dict):
+        raise _invalid("runtimeConfig.bandwidth", "must be an object")
+    values = []
+    for name in BANDWIDTH_FIELDS:
+        value = asked.get(name, 0)
+        if type(value) is not int or value < 0:
+            raise _invalid(f"runtimeConfig.bandwidth.{name}", f"must be a whole number >= 0, not {value!r}")
+        values.append(value)
+    return Bandwidth.from_bits(*values)
 
 
 def parse(conf: dict) -> NetConf:
@@ -99,7 +122,7 @@ def parse(conf: dict) -> NetConf:
         raise _invalid("prevResult", f"is not a CNI result: {e}")
     return NetConf(
         raw=conf, version=conf["cniVersion"], name=conf["name"], type=conf["type"], ipam=ipam,
-        mtu=mtu, node_asks=node_asks, state_dir=defaults.state_dir({"stateDir": _typed(conf, "stateDir", str)}),
+        mtu=mtu, node_asks=node_asks, bandwidth=_bandwidth(conf), state_dir=defaults.state_dir({"stateDir": _typed(conf, "stateDir", str)}),
         bpffs_dir=defaults.bpffs_dir({"bpffsDir": _typed(conf, "bpffsDir", str)}),
         log_file=_typed(conf, "logFile", str), log_level=_typed(conf, "logLevel", str, "info"),
         prev_result=prev_result, notes=notes)
