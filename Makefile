@@ -12,7 +12,7 @@ lab_locked = flock -n $(LAB_LOCK) true || echo "make $@: another lab run holds $
              flock -o $(LAB_LOCK) $(1)
 APT_PACKAGES := python3-bpfcc python3-venv iproute2 nftables iptables iperf3 iputils-ping ethtool \
                 containernetworking-plugins sockperf ebtables python3-matplotlib \
-                podman busybox-static golang-go golang-github-appc-cni-dev containerd gcc libc6-dev
+                podman busybox-static golang-go golang-github-appc-cni-dev containerd gcc libc6-dev docker.io
 
 .PHONY: setup demo test bench clean
 
@@ -37,3 +37,11 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The node image (deploy/kubernetes/): built from a debootstrapped Debian into a private podman
+# store, then run by podman as the DaemonSet runs it, on a lab VM (tests/image/test_image.py;
+# the store, containers and lab are removed afterwards). Slow (~3 min), so apart from `test`.
+.PHONY: test-image
+test-image: setup
+	bash tools/setup-host.sh debootstrap podman runc
+	$(call lab_locked,env VNETDP_IMAGE_TEST=1 $(PY) -m pytest -q -ra tests/image/test_image.py)

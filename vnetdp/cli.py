@@ -8,6 +8,14 @@ Examples:
   vnetdp node show|set [KEY=VALUE ...] [--state-dir D]   the node's settings (enableSnat=false, ...)
   vnetdp ipam show|rebuild --state-dir DIR          the IPAM state of a node
   vnetdp agent [--state-dir D] [--bpffs-dir D]      node agent: CNI fast path, SNAT sweeps
+  vnetdp docker-plugin [--socket PATH] [--ipam-url URL]   Docker network + IPAM driver (libnetwork)
+  vnetdp status [--json]                            health, build, attachments, pools, SNAT fill
+  vnetdp endpoints [--json]                         pods: records, addresses, veths, counters
+  vnetdp stats [--watch S [--count N]] [--json]     counters per endpoint and reason (rates)
+  vnetdp metrics [--listen 127.0.0.1:9464 | --once] Prometheus metrics of the node
+  (status, endpoints, stats, metrics: --state-dir D --bpffs-dir D --netns NS for a node elsewhere)
+  vnetdp reconcile [--fix] [--json]                 records, IPAM, map, veths, attachments: differences
+  vnetdp upgrade [--cflags F ...] [--rollback] [--json]   swap in the sources' build, no packet lost
 
 The emulated lab and the benchmark are a separate command, ``vnetdp-lab``: this
 one runs on nodes and never loads them.
@@ -150,6 +158,154 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docker_plugin(args: argparse.Namespace) -> int:
+    import logging
+
+    from vnetdp.docker import plugin
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ipam = {"environment": "file", "file": args.ipam_file} if args.ipam_file else \
+        {"environment": "azure", **({"url": args.ipam_url} if args.ipam_url else {})}
+    plugin.serve(args.socket, args.state_dir, args.bpffs_dir, ipam)
+    return 0
+
+
+@contextlib.contextmanager
+def _in_netns(args: argparse.Namespace) -> Iterator[None]:
+    """Inside --netns for netlink and attachment queries (pins are paths)."""
+    from vnetdp import netns
+
+    with netns.enter(args.netns) if args.netns else contextlib.nullcontext():
+        yield
+
+
+def _ops_dirs(args: argparse.Namespace):
+    from vnetdp.ops.inspect import NodeDirs
+
+    return NodeDirs(args.state_dir, args.bpffs_dir)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from vnetdp.ops import inspect, render
+
+    with _in_netns(args):
+        found = inspect.status(_ops_dirs(args))
+    found["netns"] = args.netns
+    print(json.dumps(found, indent=2) if args.json else render.status(found))
+    return 0 if found["healthy"] else 2
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    from vnetdp.ops import inspect, render
+
+    dirs = _ops_dirs(args)
+    with _in_netns(args):
+        names = inspect.link_names()
+        with inspect.open_maps(dirs) as m:
+            rows = inspect.endpoints(dirs, m, names)
+    print(json.dumps(rows, indent=2) if args.json else render.endpoints(rows))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from vnetdp.ops import render, stats
+
+    dirs = _ops_dirs(args)
+    with _in_netns(args):
+        if not args.watch:
+            found = stats.sample(dirs)
+            print(json.dumps(found, indent=2) if args.json else render.stats(found))
+            return 0
+        try:
+            for found in stats.watch(dirs, args.watch, args.count):
+                print(json.dumps(found) if args.json else render.stats(found) + "\n", flush=True)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from vnetdp.ops import metrics
+
+    listen = None if args.once else metrics.check_listen(args.listen, args.allow_remote)
+    with _in_netns(args):
+        collector = metrics.NodeCollector(metrics.NodeSource(_ops_dirs(args)))
+        if listen is None:
+            print(metrics.exposition(collector), end="")
+            return 0
+        try:
+            metrics.serve(collector, *listen)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _ops_args(parser: argparse.ArgumentParser, json_output: bool = True) -> None:
+    """The node to inspect: defaults are this node's (VNETDP_STATE_DIR, VNETDP_BPFFS_DIR)."""
+    from vnetdp import defaults
+
+    parser.add_argument("--state-dir", default=defaults.state_dir(), help="the node's state directory")
+    parser.add_argument("--bpffs-dir", default=defaults.bpffs_dir(), help="the node's pin directory")
+    parser.add_argument("--netns", help="the node's network namespace, if not this one (a lab VM)")
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="JSON for machines instead of tables")
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from vnetdp.ops import reconcile
+
+    with _in_netns(args):
+        result = reconcile.reconcile(args.state_dir, args.bpffs_dir, fix=args.fix)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else reconcile.render(result))
+    return 0 if result.clean else 1
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from vnetdp.datapath.loader import IncompatibleLayout
+    from vnetdp.ops import upgrade
+
+    with _in_netns(args):
+        try:
+            report = upgrade.upgrade(args.state_dir, args.bpffs_dir, tuple(args.cflags), rollback=args.rollback)
+        except (IncompatibleLayout, upgrade.UpgradeError) as e:
+            if args.json:
+                comparison = getattr(e, "comparison", None)  # IncompatibleLayout's: both versions
+                print(json.dumps({"ok": False, "refused": str(e),
+                                  "layout": comparison.as_dict() if comparison else None}, indent=2))
+            else:
+                print(f"vnetdp upgrade: refused: {e}", file=sys.stderr)
+            return 1
+    print(json.dumps(report.as_dict(), indent=2) if args.json else upgrade.render(report))
+    return 0 if report.ok else 1
+
+
+def _join_cflags(argv: list[str]) -> list[str]:
+    """``--cflags -DX=1`` as ``--cflags=-DX=1``: argparse takes a value that
+    starts with a dash for an option."""
+    out, it = [], iter(argv)
+    for a in it:
+        out.append(a)
+        if a == "--cflags":
+            value = next(it, None)
+            if value is not None:
+                out[-1] = f"--cflags={value}"
+    return out
+
+
+def _add_day_two(sub) -> None:
+    """``reconcile`` and ``upgrade`` (SPEC §10)."""
+    rec = sub.add_parser("reconcile", help="compare records, IPAM, endpoint map, veths and attachments (--fix repairs)")
+    _ops_args(rec)
+    rec.add_argument("--fix", action="store_true", help="repair what can be repaired, then look again")
+    rec.set_defaults(func=_reconcile)
+    upg = sub.add_parser("upgrade", help="replace the node's programs in place with the sources' build (or --rollback)")
+    _ops_args(upg)
+    upg.add_argument("--cflags", action="append", default=[], metavar="FLAG",
+                     help="a compile flag of the new build (repeatable), e.g. --cflags -DVND_MAX_SNAT=262144")
+    upg.add_argument("--rollback", action="store_true", help="go back to the previous build (kept pinned)")
+    upg.set_defaults(func=_upgrade)
+
+
 def _node_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bpffs-dir", required=True, help="the node's pin directory")
     parser.add_argument("--netns", help="the node's network namespace, if not this one")
@@ -204,7 +360,40 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     agent.add_argument("--sweep-every", type=float, default=2.0, help="seconds between SNAT sweeps")
     agent.set_defaults(func=_agent)
-    args = parser.parse_args(argv)
+    from vnetdp import defaults
+    from vnetdp.docker import DEFAULT_SOCKET
+    docker = sub.add_parser("docker-plugin", help="the Docker network and IPAM driver (libnetwork remote plugin)")
+    docker.add_argument("--socket", default=DEFAULT_SOCKET, help=f"where Docker finds it (default {DEFAULT_SOCKET})")
+    docker.add_argument("--state-dir", default=defaults.state_dir(), help="the node's state (shared with CNI)")
+    docker.add_argument("--bpffs-dir", default=defaults.bpffs_dir(), help="the node's pin directory")
+    source = docker.add_mutually_exclusive_group()
+    source.add_argument("--ipam-url", help="interface document URL (default: VNETDP_IPAM_URL, else the Azure "
+                                           "host agent's), as the CNI plugins read it")
+    source.add_argument("--ipam-file", help="the interface document in a file (XML or JSON) instead")
+    docker.set_defaults(func=_docker_plugin)
+    status = sub.add_parser("status", help="the node's health: build, attachments, agent, pools, SNAT fill")
+    _ops_args(status)
+    status.set_defaults(func=_status)
+    endpoints = sub.add_parser("endpoints", help="the node's pods: records, addresses, veths, counters")
+    _ops_args(endpoints)
+    endpoints.set_defaults(func=_endpoints)
+    stats = sub.add_parser("stats", help="datapath counters per endpoint and reason")
+    _ops_args(stats)
+    stats.add_argument("--watch", type=float, metavar="SECONDS", help="print rates every SECONDS")
+    stats.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N reports")
+    stats.set_defaults(func=_stats)
+    metrics = sub.add_parser("metrics", help="Prometheus metrics of the node (datapath, pools, SNAT, CNI calls)")
+    _ops_args(metrics, json_output=False)
+    metrics.add_argument("--listen", default="127.0.0.1:9464", metavar="HOST:PORT",
+                         help="where to serve /metrics (default 127.0.0.1:9464; loopback unless --allow-remote)")
+    metrics.add_argument("--allow-remote", action="store_true", help="serve on a non-loopback address")
+    metrics.add_argument("--once", action="store_true",
+                         help="print the exposition text once and exit (node_exporter's textfile collector)")
+    metrics.set_defaults(func=_metrics)
+    _add_day_two(sub)
+    args = parser.parse_args(_join_cflags(sys.argv[1:] if argv is None else argv))
+    if getattr(args, "count", None) is not None and not getattr(args, "watch", None):
+        parser.error("--count needs --watch")
     try:
         return args.func(args)
     except Exception as e:  # a clear one-line error for operators

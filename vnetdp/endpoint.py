@@ -80,26 +80,38 @@ def add(node: Node, container_id: str, netns_path: str, ifname: str,
             pod_mac = _setup_pod_side(ifname, address, host.mac, mtu)
             if node.settings.nic_attach == "xdp":
                 undo.callback(attach.detach, None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
-                _attach_pod_xdp(node, ifname, name)
-        links.route_host(ipr, address, host, pod_mac)
-        with node.maps() as m:
-            undo.callback(_forget, node, address, host.index)
-            if bandwidth is not None and bandwidth.limited:
-                m.put_bandwidth(address, bandwidth)
-            m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac,
-                                               M.EP_BANDWIDTH if bandwidth and bandwidth.limited else 0))
-        for hook, prog in POD_PROGRAMS.items():
-            fd = node.programs.prog_fd(prog)
-            fds.callback(os.close, fd)
-            pin = node.bpffs.link_pin(name, hook)
-            undo.callback(attach.detach, host.index, hook, pin, ipr)
-            attach.attach(fd, host.index, hook, pin, node.settings.pod_attach_mode, ipr, fresh=True)
+                attach_pod_xdp(node, ifname, name)
+        add_host_side(node, ipr, host, address, pod_mac, undo, bandwidth)
         undo.pop_all()  # success: keep everything
         return EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
                             host.mac, pod_mac, mtu)
 
 
-def _attach_pod_xdp(node: Node, ifname: str, host_name: str) -> None:
+def add_host_side(node: Node, ipr: IPRoute, host: links.Link, address: ipaddress.IPv4Address, pod_mac: str,
+                  undo: contextlib.ExitStack, bandwidth: M.Bandwidth | None = None) -> None:
+    """The host half of an endpoint whose veth exists (``host``: its host end,
+    just created; ``pod_mac``: the other end's MAC): the /32 route and
+    neighbour, the map entries, both programs attached; each step's undo
+    pushed on ``undo``. ``add`` and the Docker driver (whose other end Docker
+    moves into the container itself) share it."""
+    links.route_host(ipr, address, host, pod_mac)
+    with node.maps() as m:
+        undo.callback(_forget, node, address, host.index)
+        if bandwidth is not None and bandwidth.limited:
+            m.put_bandwidth(address, bandwidth)
+        m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac,
+                                           M.EP_BANDWIDTH if bandwidth and bandwidth.limited else 0))
+    for hook, prog in POD_PROGRAMS.items():
+        pin = node.bpffs.link_pin(host.name, hook)
+        undo.callback(attach.detach, host.index, hook, pin, ipr)
+        fd = node.programs.prog_fd(prog)
+        try:
+            attach.attach(fd, host.index, hook, pin, node.settings.pod_attach_mode, ipr, fresh=True)
+        finally:
+            os.close(fd)
+
+
+def attach_pod_xdp(node: Node, ifname: str, host_name: str) -> None:
     """With XDP on the NIC, the pod end needs an XDP program of its own to
     receive XDP-redirected frames (SPEC §9). Runs inside the pod namespace;
     the link dies with the pod's veth, its pin goes with ``delete``."""
@@ -177,25 +189,24 @@ def remove_strays(node: Node, keep: set[str]) -> list[str]:
     return strays
 
 
-def check(node: Node, container_id: str, ifname: str, netns_path: str,
-          address: ipaddress.IPv4Address, bandwidth: M.Bandwidth | None = None) -> list[str]:
-    """What is wrong with a live endpoint: empty when veth, addresses, routes,
-    map entries (``bandwidth``, when given: the limits it must have) and
-    attached programs are all as ``add`` left them."""
+def check_host_side(node: Node, ipr: IPRoute, name: str, address: ipaddress.IPv4Address,
+                    bandwidth: M.Bandwidth | None = None) -> list[str]:
+    """What is wrong with the host side of a live endpoint (host veth
+    ``name``): empty when veth, /32 route, qdiscs, map entries (``bandwidth``,
+    when given: the limits it must have) and attached programs are all as
+    ``add_host_side`` left them."""
+    try:
+        host = links.get_link(ipr, name)
+    except links.LinkNotFound:
+        return [f"host interface {name} is missing"]
     problems: list[str] = []
-    name = host_ifname(container_id, ifname)
-    with IPRoute() as ipr:
-        try:
-            host = links.get_link(ipr, name)
-        except links.LinkNotFound:
-            return [f"host interface {name} is missing"]
-        routes = ipr.route("get", dst=str(address))
-        if not routes or routes[0].get_attr("RTA_OIF") != host.index:
-            problems.append(f"no route to {address} via {name}")
-        foreign = sorted({q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=host.index)} - OWN_QDISCS)
-        if foreign:
-            problems.append(f"{name} has qdiscs {', '.join(foreign)} that vnetdp's datapath bypasses "
-                            "(a chained bandwidth plugin?): use capabilities.bandwidth instead")
+    routes = ipr.route("get", dst=str(address))
+    if not routes or routes[0].get_attr("RTA_OIF") != host.index:
+        problems.append(f"no route to {address} via {name}")
+    foreign = sorted({q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=host.index)} - OWN_QDISCS)
+    if foreign:
+        problems.append(f"{name} has qdiscs {', '.join(foreign)} that vnetdp's datapath bypasses "
+                        "(a chained bandwidth plugin?): use capabilities.bandwidth instead")
     with node.maps() as m:
         ep = m.endpoint(address)
         limits = m.bandwidth(address) if ep is not None and ep.flags & M.EP_BANDWIDTH else None
@@ -206,11 +217,26 @@ def check(node: Node, container_id: str, ifname: str, netns_path: str,
     for hook, prog in POD_PROGRAMS.items():
         fd = node.programs.prog_fd(prog)
         try:
-            current = attach.attached(host.index, hook, node.bpffs.link_pin(name, hook))
+            current = attach.attached(host.index, hook, node.bpffs.link_pin(name, hook), ipr)
             if current is None or current.prog_id != syscall.prog_id(fd):
                 problems.append(f"{prog} is not attached to {name}")
         finally:
             os.close(fd)
+    return problems
+
+
+def check(node: Node, container_id: str, ifname: str, netns_path: str,
+          address: ipaddress.IPv4Address, bandwidth: M.Bandwidth | None = None) -> list[str]:
+    """What is wrong with a live endpoint: empty when its host side
+    (``check_host_side``) and the pod's address, MAC and default route are
+    all as ``add`` left them."""
+    name = host_ifname(container_id, ifname)
+    with IPRoute() as ipr:
+        problems = check_host_side(node, ipr, name, address, bandwidth)
+    if problems[:1] == [f"host interface {name} is missing"]:
+        return problems
+    with node.maps() as m:
+        ep = m.endpoint(address)
     try:
         with netns.enter(netns_path), IPRoute() as ipr:
             pod = links.get_link(ipr, ifname)

@@ -1,5 +1,6 @@
 """``vnetdp install``: the CNI entry points and an example conflist on a node,
-and the datapath compiled and pinned so that ADD only attaches.
+and the datapath compiled and pinned so that ADD only attaches (a bpffs is
+mounted for the pin directory first when none is).
 
 The installed executables ``vnetdp`` and ``vnetdp-ipam`` are both
 ``cni/vnetdp`` (the name tells the plugin) with the interpreter that runs
@@ -49,12 +50,18 @@ def conflist_text(cni_version: str) -> str:
 def install(bin_dir: str = "/opt/cni/bin", conf_dir: str = "/etc/cni/net.d",
             state_dir: str = DEFAULT_STATE_DIR, bpffs_dir: str = DEFAULT_BPFFS_DIR,
             ipam_url: str | None = None, compile_programs: bool = True,
-            node_settings: dict | None = None, cni_version: str = CONFLIST_VERSION) -> list[str]:
+            node_settings: dict | None = None, cni_version: str = CONFLIST_VERSION,
+            log_dir: str | None = None) -> list[str]:
     """Install on this node (``node_settings``: config names and JSON values
-    to set, see ``vnetdp.datapath.settings``); returns what was written."""
+    to set, see ``vnetdp.datapath.settings``; ``log_dir``: where the plugins
+    log, default /var/log); returns what was written."""
+    from vnetdp.datapath import bpffs
+    mounted = bpffs.ensure_mounted(bpffs_dir)  # SPEC §10: a node without a bpffs gets one; first: fail fast
     defaults = {"VNETDP_STATE_DIR": state_dir, "VNETDP_BPFFS_DIR": bpffs_dir}
     if ipam_url:
         defaults["VNETDP_IPAM_URL"] = ipam_url
+    if log_dir:
+        defaults["VNETDP_LOG_DIR"] = log_dir
     written = []
     os.makedirs(bin_dir, exist_ok=True)
     for name in (plugins.NETWORK, plugins.IPAM):
@@ -68,9 +75,14 @@ def install(bin_dir: str = "/opt/cni/bin", conf_dir: str = "/etc/cni/net.d",
     settings_file = NodeSettingsFile(state_dir)
     settings_file.update(node_settings or {})
     written.append(f"{settings_file.path} (node settings)")
+    if mounted:
+        written.append(f"{mounted} (a bpf filesystem for {bpffs_dir}: none was mounted)")
     if compile_programs:
-        from vnetdp.datapath.bpffs import Bpffs
         from vnetdp.datapath.loader import Programs
-        result = Programs(Bpffs(bpffs_dir), state_dir).load()
+        programs = Programs(bpffs.Bpffs(bpffs_dir), state_dir)
+        result = programs.load()
         written.append(f"{bpffs_dir}/progs/{result.build} ({'compiled' if result.compiled else 'already pinned'})")
+        if result.build != programs.source_build:
+            written.append(f"{bpffs_dir}/progs/{result.build} stays the running build: these sources make build "
+                           f"{programs.source_build}; switch with 'vnetdp upgrade' (no packet lost)")
     return written

@@ -133,7 +133,8 @@ def test_the_agent_serves_calls_and_matches_the_in_process_path(lab, pods):
     ns = pods.netns()
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": ns, "CNI_NETNS": netns.path_of(ns), "CNI_IFNAME": "eth0",
            "CNI_PATH": lab.cni_bin_dir(pods.vm), "VNETDP_STATE_DIR": lab.plan.state_dir(pods.vm),
-           "VNETDP_BPFFS_DIR": lab.node_bpffs_dir(pods.vm), "VNETDP_IPAM_URL": cni.nmagent_url()}
+           "VNETDP_BPFFS_DIR": lab.node_bpffs_dir(pods.vm), "VNETDP_IPAM_URL": cni.nmagent_url(),
+           "VNETDP_LOG_DIR": lab.log_dir(pods.vm)}
     reply = wire.call(defaults.agent_socket(lab.plan.state_dir(pods.vm)), "vnetdp", env,
                       json.dumps(cni.network_config()).encode())
     assert reply is not None, "the agent did not answer"
@@ -162,7 +163,8 @@ def test_azure_conflists_work_after_renaming_the_types(lab, pods, node_set, name
     node_set(pods.vm, ipsToRouteViaHost=conf["ipsToRouteViaHost"])
     ns, added = pods.add(conf)
     assert added.output["cniVersion"] == "0.3.0"
-    assert "accepted and ignored: networkMonitor" in added.stderr
+    with open(os.path.join(lab.log_dir(pods.vm), "vnetdp.log")) as log:
+        assert any("accepted and ignored: networkMonitor" in json.loads(line)["msg"] for line in log)
     with netns.enter(pods.vm.ns), lab.node(pods.vm).maps() as m:
         cidrs = m.cidrs()
     assert cidrs[ipaddress.IPv4Network("169.254.20.10/32")].name == "HOST"  # ipsToRouteViaHost

@@ -13,3 +13,10 @@ def in_process(monkeypatch) -> dict:
     registry: dict = {}
     monkeypatch.setattr(invoke, "_IN_PROCESS", registry)
     return registry
+
+
+@pytest.fixture(autouse=True)
+def log_dir(monkeypatch, tmp_path) -> str:
+    """Plugin calls log under the test's directory, never the host's /var/log."""
+    monkeypatch.setenv("VNETDP_LOG_DIR", str(tmp_path))
+    return str(tmp_path)

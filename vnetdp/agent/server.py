@@ -98,6 +98,26 @@ def _listen(path: str) -> socket.socket:
     return server
 
 
+def _mount_bpffs(bpffs_dir: str | None) -> None:
+    """Mount a bpffs for the pin directory when none is (SPEC §10), and say so.
+    A refusal (files where the mount would go) is reported, not fatal: the
+    CNI fast path serves anyway, and ADD names the problem."""
+    from vnetdp.datapath import bpffs
+
+    if not bpffs_dir:
+        return
+    try:
+        mounted = bpffs.ensure_mounted(bpffs_dir)
+    except (bpffs.NotBpffs, OSError) as e:
+        log.error("no bpf filesystem for %s: %s", bpffs_dir, e)
+        print(f"vnetdp agent: no bpf filesystem for {bpffs_dir}: {e}", file=sys.stderr)
+        return
+    if mounted:
+        log.warning("mounted a bpf filesystem at %s for %s: none was mounted", mounted, bpffs_dir)
+        print(f"vnetdp agent: mounted a bpf filesystem at {mounted} for {bpffs_dir}: none was mounted",
+              file=sys.stderr)
+
+
 def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, workers: int = 8) -> None:
     """Serve until SIGTERM with ``workers`` warm workers waiting; sweep the
     SNAT table every ``sweep_every`` seconds."""
@@ -105,6 +125,7 @@ def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, worke
 
     from vnetdp.datapath import snat
 
+    _mount_bpffs(bpffs_dir)
     plugins.preload()
     with IPRoute() as ipr:
         ipr.get_links()

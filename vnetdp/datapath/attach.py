@@ -5,6 +5,10 @@ Hooks: ``ingress`` and ``egress`` (tc) and ``xdp``. tc hooks use tcx where the k
 clsact qdisc with a direct-action filter, which outlives its creator by
 itself. ``xdp`` is always a pinned BPF link. Everything works on the calling
 thread's network namespace: enter the right one first (``vnetdp.netns``).
+
+A program is replaced in place, never detached first: ``BPF_LINK_UPDATE`` for
+links, a filter ``replace`` (same handle and prio) for clsact (``replace``;
+``attach`` does it when another program of vnetdp's is there).
 """
 from __future__ import annotations
 
@@ -67,6 +71,12 @@ def _link_attachment(pin: str) -> Attachment | None:
     return Attachment(info.ifindex, hook, "tcx", info.prog_id)
 
 
+def pinned_link(pin: str) -> Attachment | None:
+    """What the link pinned at ``pin`` attaches (None: no pin, or a defunct link
+    whose device is gone); the device may be in any namespace."""
+    return _link_attachment(pin)
+
+
 def _clsact_attachment(ifindex: int, hook: str, ipr: IPRoute | None) -> Attachment | None:
     with _rtnl(ipr) as ipr:
         try:
@@ -102,6 +112,16 @@ def _attach_link(prog_fd: int, ifindex: int, attach_type: int, pin: str) -> None
         os.close(fd)
 
 
+def _clsact_filter(prog_fd: int, ifindex: int, hook: str, ipr: IPRoute) -> None:
+    """Create or replace vnetdp's filter (handle 1, prio 1): a replace swaps the
+    program in place (the kernel replaces the filter in its RCU list), so no
+    packet meets an empty hook."""
+    # The filter's name carries the program id: pyroute2 does not decode TCA_BPF_ID.
+    ipr.tc("replace-filter", "bpf", index=ifindex, handle=1, prio=FILTER_PRIO,
+           parent=CLSACT_PARENTS[hook], fd=prog_fd, name=f"{FILTER_NAME}-{syscall.prog_id(prog_fd)}",
+           direct_action=True)
+
+
 def _attach_clsact(prog_fd: int, ifindex: int, hook: str, ipr: IPRoute | None) -> None:
     with _rtnl(ipr) as ipr:
         try:
@@ -109,20 +129,58 @@ def _attach_clsact(prog_fd: int, ifindex: int, hook: str, ipr: IPRoute | None) -
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
-        # The filter's name carries the program id: pyroute2 does not decode TCA_BPF_ID.
-        ipr.tc("replace-filter", "bpf", index=ifindex, handle=1, prio=FILTER_PRIO,
-               parent=CLSACT_PARENTS[hook], fd=prog_fd, name=f"{FILTER_NAME}-{syscall.prog_id(prog_fd)}",
-               direct_action=True)
+        _clsact_filter(prog_fd, ifindex, hook, ipr)
+
+
+def _fits(current: Attachment, hook: str, mode: str) -> bool:
+    """Whether ``attach`` in ``mode`` may keep ``current``'s mechanism (and so
+    swap the program in place rather than detach and attach anew)."""
+    if hook == "xdp":
+        return current.mechanism == "xdp-link"
+    return mode == "auto" or mode == current.mechanism
+
+
+def replace(prog_fd: int, ifindex: int, hook: str, pin: str,
+            ipr: IPRoute | None = None) -> tuple[Attachment, Attachment] | None:
+    """Swap the program at (ifindex, hook) for ``prog_fd`` in place, keeping
+    the mechanism: ``BPF_LINK_UPDATE`` on a pinned tcx or XDP link, a filter
+    ``replace`` (same handle and prio, new fd and name) on clsact. The hook is
+    never empty, and what the maps hold (shared pins) is untouched.
+    (before, after), or None when nothing of vnetdp's is attached there."""
+    current = attached(ifindex, hook, pin, ipr)
+    if current is None:
+        return None
+    if current.prog_id == syscall.prog_id(prog_fd):
+        return current, current
+    if current.mechanism in ("tcx", "xdp-link"):
+        fd = syscall.obj_get(pin)
+        try:
+            syscall.link_update(fd, prog_fd)
+        finally:
+            os.close(fd)
+    else:
+        with _rtnl(ipr) as own:
+            _clsact_filter(prog_fd, ifindex, hook, own)
+    after = attached(ifindex, hook, pin, ipr)
+    if after is None or after.prog_id != syscall.prog_id(prog_fd):
+        raise RuntimeError(f"replacing the program at ifindex {ifindex} ({hook}) did not take")
+    return current, after
 
 
 def attach(prog_fd: int, ifindex: int, hook: str, pin: str, mode: str = "auto",
            ipr: IPRoute | None = None, fresh: bool = False) -> Attachment:
     """Attach ``prog_fd`` at (ifindex, hook) unless that very program is there
-    already. ``fresh``: the device was just created, nothing can be attached."""
+    already; another program of vnetdp's there is replaced in place (see
+    ``replace``) when its mechanism suits ``mode``. ``fresh``: the device was
+    just created, nothing can be attached."""
     if not fresh:
         current = attached(ifindex, hook, pin, ipr)
         if current is not None and current.prog_id == syscall.prog_id(prog_fd):
             return current
+        if current is not None and _fits(current, hook, mode):
+            swapped = replace(prog_fd, ifindex, hook, pin, ipr)
+            if swapped is not None:
+                return swapped[1]
         detach(ifindex, hook, pin, ipr)
     if hook == "xdp":
         _attach_link(prog_fd, ifindex, syscall.ATTACH_XDP, pin)

@@ -4,10 +4,16 @@ Layout under ``root``::
 
     maps/<name>             maps, shared by every program version
     progs/<build>/<name>    programs of one build (hash of sources + flags)
+    progs/current           symlink to the build the node runs (the marker)
+    progs/previous          symlink to the build it ran before, kept for a rollback
     links/<hook>-<ifname>   BPF links attaching programs to devices
 
 bpffs refuses names with a dot, so dots in interface names become ``~``
-and temporary names end in ``~new``.
+and temporary names end in ``~new``. It holds no regular files, but it does
+hold symlinks, renamed over each other atomically: the markers are symlinks.
+
+``plan_mount``/``ensure_mounted``: ``vnetdp install`` and the agent mount a
+bpffs when the pin directory is on none.
 """
 from __future__ import annotations
 
@@ -21,8 +27,15 @@ BPF_FS_MAGIC = 0xCAFE4A11
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+CURRENT, PREVIOUS = "current", "previous"  # marker names in progs/
+
+
 class NotBpffs(Exception):
     """The pin directory is not inside a mounted bpf filesystem."""
+
+
+class MountRefused(NotBpffs):
+    """No bpffs can be mounted for the pin directory without hiding files."""
 
 
 def is_bpffs(path: str) -> bool:
@@ -70,11 +83,89 @@ class Bpffs:
         for d in (self.maps_dir, os.path.join(self.root, "progs"), self.links_dir):
             os.makedirs(d, exist_ok=True)
 
+    @property
+    def progs_root(self) -> str:
+        return os.path.join(self.root, "progs")
+
     def builds(self) -> list[str]:
+        """The builds pinned (directories; the markers are not builds)."""
         try:
-            return sorted(os.listdir(os.path.join(self.root, "progs")))
+            with os.scandir(self.progs_root) as entries:
+                return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
+
+    # --- markers: which build runs, which ran before --------------------
+    def marker(self, which: str) -> str | None:
+        """The build ``which`` (CURRENT or PREVIOUS) names; None when unset."""
+        try:
+            target = os.readlink(os.path.join(self.progs_root, which))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return os.path.basename(target) or None
+
+    def set_marker(self, which: str, build: str | None) -> None:
+        """Point ``which`` at ``build`` atomically (a symlink renamed over the
+        old one); None removes it."""
+        path = os.path.join(self.progs_root, which)
+        if build is None:
+            remove_pin(path)
+            return
+        tmp = path + "~new"
+        remove_pin(tmp)
+        os.symlink(build, tmp)
+        os.rename(tmp, path)
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    """Where a bpffs must be mounted for a pin directory (``path`` None: the
+    directory is on one already), and the directories to create first."""
+
+    path: str | None
+    create: tuple[str, ...] = ()
+
+
+def plan_mount(pin_dir: str) -> MountPlan:
+    """Where the bpffs for ``pin_dir`` goes when none is mounted there: at its
+    nearest existing ancestor (or itself) when that is an empty directory (the
+    usual case: ``/sys/fs/bpf`` unmounted, for ``/sys/fs/bpf/vnetdp``); else at
+    the highest directory of its path still missing, created for it. A
+    directory that exists with files in it and is no bpffs is never mounted
+    over (its files would vanish under the mount): MountRefused."""
+    pin_dir = os.path.abspath(pin_dir)
+    missing: list[str] = []
+    nearest = pin_dir
+    while not os.path.lexists(nearest):
+        missing.append(nearest)
+        nearest = os.path.dirname(nearest)
+    if is_bpffs(nearest):
+        return MountPlan(None)
+    if not os.path.isdir(nearest) or os.path.islink(nearest):
+        raise MountRefused(f"{nearest} is not a directory: cannot mount a bpf filesystem for {pin_dir}")
+    if not os.listdir(nearest) and nearest != "/":
+        return MountPlan(nearest)
+    if not missing:
+        raise MountRefused(f"{pin_dir} is not on a bpf filesystem and holds files, which a mount would hide: "
+                           f"mount one yourself (mount -t bpf bpf DIR) or choose another --bpffs-dir")
+    return MountPlan(missing[-1], (missing[-1],))
+
+
+def ensure_mounted(pin_dir: str) -> str | None:
+    """Mount a bpffs for ``pin_dir`` when it is on none (see ``plan_mount``);
+    the mount point when one was mounted, None when there was one already."""
+    plan = plan_mount(pin_dir)
+    if plan.path is None:
+        return None
+    for d in plan.create:
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise MountRefused(f"cannot create {d} to mount a bpf filesystem for {pin_dir}: {e.strerror}") from e
+    mount(plan.path)
+    return plan.path
 
 
 def mount(path: str) -> None:

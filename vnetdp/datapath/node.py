@@ -96,6 +96,9 @@ class Node:
 
     def _configure(self, load: LoadResult, ipr: IPRoute) -> NodeState:
         """Node settings, prefixes and the NIC attachment; one process at a time."""
+        # An upgrade may have moved the current-build marker since load(): the
+        # NIC must get the build the marker names now, never the one it replaced.
+        self.programs.refresh()
         s = self.settings
         nic = self.nic(ipr)
         addrs = links.ipv4_interfaces(ipr, nic.index)

@@ -287,3 +287,35 @@ def btf_data(btf_id: int) -> bytes:
 def link_detach(fd: int) -> None:
     """Detach a link's program now, whoever else holds the link."""
     _call(LINK_DETACH, _attr(link_fd={"link_fd": fd}), "link detach")
+
+
+# --- BPF_LINK_UPDATE: swap the program of a live link ------------------------------
+# union bpf_attr's link_update member: link_fd, new_prog_fd, flags, old_prog_fd
+# (old_prog_fd only with BPF_F_REPLACE: the update then happens only while that
+# program is the link's). tcx and XDP links implement it by swapping one RCU
+# pointer, so no packet meets an empty hook.
+LINK_UPDATE = 29
+BPF_F_REPLACE = 1 << 2
+_LINK_UPDATE_CDEF = """
+struct link_update { uint32_t link_fd; uint32_t new_prog_fd; uint32_t flags; uint32_t old_prog_fd; };
+"""
+
+
+@functools.cache
+def _link_update_ffi() -> cffi.FFI:
+    """The shared FFI, taught the link_update member's layout (once)."""
+    ffi = _ffi()
+    ffi.cdef(_LINK_UPDATE_CDEF)
+    return ffi
+
+
+def link_update(link_fd: int, new_prog_fd: int, old_prog_fd: int | None = None) -> None:
+    """Make the link at ``link_fd`` run ``new_prog_fd`` from now on; with
+    ``old_prog_fd``, only if that program is still the link's (else EPERM)."""
+    ffi = _link_update_ffi()
+    attr = _attr()
+    member = ffi.cast("struct link_update *", attr)
+    member.link_fd, member.new_prog_fd = link_fd, new_prog_fd
+    if old_prog_fd is not None:
+        member.flags, member.old_prog_fd = BPF_F_REPLACE, old_prog_fd
+    _call(LINK_UPDATE, attr, f"update link {link_fd}")

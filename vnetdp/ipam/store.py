@@ -9,6 +9,12 @@ the operator) until ``rebuild`` writes a good one.
 Beside it, one lease file per allocated address (``ipam-leases/<address>``,
 as host-local keeps one file per IP): IPAM's own record of who holds what,
 from which ``leases()`` rebuilds a lost state without any other plugin.
+
+Every allocation has one owner: a CNI attachment (``cni``, the default, and
+what files from before owners were recorded hold) or a Docker endpoint
+(``docker``, given by the Docker IPAM driver, ``vnetdp.docker``). Lookups and
+releases name the owner they act for, so neither side's DEL, GC or release
+ever touches the other's addresses.
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ from vnetdp.locks import flocked
 
 STATE_FILE = "ipam.json"
 LEASES_DIR = "ipam-leases"
+CNI = "cni"        # owner: a CNI attachment (container ID, ifname)
+DOCKER = "docker"  # owner: a Docker endpoint (vnetdp.docker)
 
 
 @dataclass(frozen=True)
@@ -39,10 +47,20 @@ class Allocation:
     gateway: str
     time: float
     network: str = ""       # the configuration's name ("" before records carried it)
+    owner: str = CNI        # CNI or DOCKER (files from before owners were recorded: CNI)
+
+    def to_json(self) -> dict:
+        """As stored (state and lease): the owner only when it is not CNI, so a
+        CNI allocation is written as before owners existed."""
+        data = asdict(self)
+        if data["owner"] == CNI:
+            del data["owner"]
+        return data
 
     def of_network(self, network: str) -> bool:
-        """True when ``network`` owns this allocation (one without a name: any)."""
-        return not self.network or self.network == network
+        """True when CNI network ``network`` owns this allocation (a CNI one
+        without a name: any); never for another owner's (Docker's)."""
+        return self.owner == CNI and (not self.network or self.network == network)
 
 
 @dataclass
@@ -62,13 +80,17 @@ class State:
         return state
 
     def to_json(self) -> dict:
-        return {"version": 1, "pools": self.pools, "allocations": [asdict(a) for a in self.allocations],
+        return {"version": 1, "pools": self.pools, "allocations": [a.to_json() for a in self.allocations],
                 "cursor": self.cursor, "refreshed": self.refreshed}
 
     # --- queries -------------------------------------------------------
-    def find(self, container_id: str, ifname: str) -> Allocation | None:
+    def find(self, container_id: str, ifname: str, owner: str = CNI) -> Allocation | None:
         return next((a for a in self.allocations
-                     if a.container_id == container_id and a.ifname == ifname), None)
+                     if a.container_id == container_id and a.ifname == ifname and a.owner == owner), None)
+
+    def holder(self, address: str) -> Allocation | None:
+        """The allocation of ``address``, whoever owns it."""
+        return next((a for a in self.allocations if a.address == address), None)
 
     def free(self) -> int:
         used = {a.address for a in self.allocations}
@@ -82,32 +104,36 @@ class State:
                        "addresses": [str(a) for a in p.addresses]} for p in pools]
         self.refreshed = now
 
-    def allocate(self, container_id: str, ifname: str, now: float, network: str = "") -> Allocation:
+    def allocate(self, container_id: str, ifname: str, now: float, network: str = "",
+                 owner: str = CNI, subnet: str | None = None) -> Allocation:
         """The address of (container_id, ifname): the one it holds, or the next
         free one after the last given (round robin, so a released address is
-        not handed out again at once)."""
-        held = self.find(container_id, ifname)
+        not handed out again at once). An empty container ID holds nothing
+        (Docker asks for an address before it names the endpoint): each such
+        call takes a new address. ``subnet``: from that pool only."""
+        held = self.find(container_id, ifname, owner) if container_id else None
         if held:
             return held
         used = {a.address for a in self.allocations}
-        for pool in self.pools:
+        pools = [p for p in self.pools if subnet is None or p["subnet"] == subnet]
+        for pool in pools:
             addrs = pool["addresses"]
             last = self.cursor.get(pool["subnet"])
             start = addrs.index(last) + 1 if last in addrs else 0
             for address in addrs[start:] + addrs[:start]:
                 if address not in used:
                     alloc = Allocation(container_id, ifname, address, pool["subnet"], pool["gateway"], now,
-                                       network)
+                                       network, owner)
                     self.allocations.append(alloc)
                     self.cursor[pool["subnet"]] = address
                     return alloc
-        total = sum(len(p["addresses"]) for p in self.pools)
-        subnets = ", ".join(p["subnet"] for p in self.pools) or "none"
+        total = sum(len(p["addresses"]) for p in pools)
+        subnets = ", ".join(p["subnet"] for p in pools) or "none"
         raise PoolExhausted(f"no free address: all {total} secondary addresses in {subnets} are in use",
                             "add secondary IP addresses to the VM's NIC (the pool is refreshed on the next ADD)")
 
-    def release(self, container_id: str, ifname: str | None = None) -> list[Allocation]:
-        gone = [a for a in self.allocations if a.container_id == container_id
+    def release(self, container_id: str, ifname: str | None = None, owner: str = CNI) -> list[Allocation]:
+        gone = [a for a in self.allocations if a.container_id == container_id and a.owner == owner
                 and (ifname is None or a.ifname == ifname)]
         self.allocations = [a for a in self.allocations if a not in gone]
         return gone
@@ -212,4 +238,4 @@ class Store:
         if gone:
             fsync_dir(self.leases_dir)
         for lease in set(after) - set(before):
-            atomic_write(os.path.join(self.leases_dir, lease.address), json.dumps(asdict(lease)))
+            atomic_write(os.path.join(self.leases_dir, lease.address), json.dumps(lease.to_json()))

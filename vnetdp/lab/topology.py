@@ -102,8 +102,10 @@ class Lab:
             self._record("mounts", p.bpffs_dir(vm))
             bpffs.mount(p.bpffs_dir(vm))
             self._start_nmagent(vm)
+            os.makedirs(self.log_dir(vm), exist_ok=True)
             install.install(self.cni_bin_dir(vm), self.cni_conf_dir(vm), p.state_dir(vm),
-                            self.node_bpffs_dir(vm), cni.nmagent_url(), node_settings=self.node_settings)
+                            self.node_bpffs_dir(vm), cni.nmagent_url(), node_settings=self.node_settings,
+                            log_dir=self.log_dir(vm))
             self._start_agent(vm)
 
     def _host(self, ns: str, addr, gateway: ipaddress.IPv4Address) -> None:
@@ -153,6 +155,10 @@ class Lab:
 
     def cni_conf_dir(self, vm: P.Vm) -> str:
         return os.path.join(self.plan.dir, vm.name, "cni", "net.d")
+
+    def log_dir(self, vm: P.Vm) -> str:
+        """Where the VM's plugins log (vnetdp.log, vnetdp-ipam.log), not the host's /var/log."""
+        return os.path.join(self.plan.dir, vm.name, "log")
 
     def cni(self, vm: P.Vm, command: str, conf: dict | None = None, **kw) -> cni.CniCall:
         """Run the VM's installed vnetdp plugin (see ``vnetdp.lab.cni.invoke``)."""

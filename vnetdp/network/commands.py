@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from vnetdp import endpoint, links, naming, netns
 from vnetdp.cni import invoke
 from vnetdp.cni.invoke import delegate
+from vnetdp.cni.logs import phase
 from vnetdp.cni.spec import CniError, Code, Env, Result, valid_attachments, version_result
 from vnetdp.datapath import settings
 from vnetdp.datapath.node import Node, NodeSettings, NodeSetupError
@@ -50,7 +51,8 @@ def _node(conf: config.NetConf, asked: bool = False) -> Node:
 
 def call_ipam(env: Env, conf: dict, command: str | None = None) -> dict | None:
     """The configured IPAM plugin's result for ``command`` (default: env's)."""
-    return delegate(conf["ipam"]["type"], env, conf, command)
+    with phase("ipam"):
+        return delegate(conf["ipam"]["type"], env, conf, command)
 
 
 def _as_cni_error(e: BaseException) -> CniError:
@@ -119,8 +121,9 @@ def _plumb(env: Env, conf: config.NetConf, records: PodRecords, record: PodRecor
     """The endpoint for a saved record; the record with its MACs (the same
     ones again when the record has them: a repair does not change them)."""
     macs = (record.host_mac, record.pod_mac) if record.pod_mac else None
-    info = endpoint.add(_node(conf), env.container_id, env.netns, env.ifname,
-                        ipaddress.IPv4Address(record.address), conf.mtu, macs)
+    with phase("endpoint"):
+        info = endpoint.add(_node(conf), env.container_id, env.netns, env.ifname,
+                            ipaddress.IPv4Address(record.address), conf.mtu, macs, conf.bandwidth)
     done = dataclasses.replace(record, host_mac=info.host_mac, pod_mac=info.pod_mac)
     records.save(done)
     log.info("ADD %s/%s: %s on %s", env.container_id, env.ifname, record.address, info.host_ifname)
@@ -133,12 +136,14 @@ def _add_again(env: Env, conf: config.NetConf, records: PodRecords, record: PodR
     if record.netns != env.netns:
         raise CniError(Code.INVALID_ENV, f"{env.container_id}/{env.ifname} is attached in {record.netns}, "
                                          f"not {env.netns}", "DEL it before adding it elsewhere")
-    problems = endpoint.check(_node(conf), env.container_id, env.ifname, env.netns,
-                              ipaddress.IPv4Address(record.address))
+    with phase("endpoint"):
+        problems = endpoint.check(_node(conf), env.container_id, env.ifname, env.netns,
+                                  ipaddress.IPv4Address(record.address), conf.bandwidth)
     if problems or not record.pod_mac:
         log.warning("ADD %s/%s again: repairing (%s)", env.container_id, env.ifname,
                     "; ".join(problems) or "interrupted ADD")
-        endpoint.delete(_node(conf), env.container_id, env.ifname, ipaddress.IPv4Address(record.address))
+        with phase("endpoint"):
+            endpoint.delete(_node(conf), env.container_id, env.ifname, ipaddress.IPv4Address(record.address))
         record = _plumb(env, conf, records, record)
     return _result(env, conf, record)
 
@@ -158,7 +163,8 @@ def add(env: Env, conf: config.NetConf) -> dict:
         record = _plumb(env, conf, records, record)
     except BaseException as e:
         try:
-            endpoint.delete(_node(conf), env.container_id, env.ifname, iface.ip)
+            with phase("endpoint"):
+                endpoint.delete(_node(conf), env.container_id, env.ifname, iface.ip)
             call_ipam(env, conf.raw, "DEL")
             records.remove(env.container_id, env.ifname)
         finally:
@@ -170,7 +176,8 @@ def delete(env: Env, conf: config.NetConf) -> None:
     records = PodRecords(conf.state_dir)
     record = records.get(env.container_id, env.ifname)
     address = ipaddress.IPv4Address(record.address) if record else None
-    endpoint.delete(_node(conf), env.container_id, env.ifname, address)
+    with phase("endpoint"):
+        endpoint.delete(_node(conf), env.container_id, env.ifname, address)
     call_ipam(env, conf.raw, "DEL")
     records.remove(env.container_id, env.ifname)
     log.info("DEL %s/%s: %s released", env.container_id, env.ifname, address or "no record,")
@@ -187,7 +194,8 @@ def check(env: Env, conf: config.NetConf) -> None:
             raise CniError(Code.CHECK_FAILED, f"prevResult lists {sorted(map(str, listed))}, "
                                               f"the endpoint has {address}")
     call_ipam(env, conf.raw, "CHECK")
-    problems = endpoint.check(_node(conf), env.container_id, env.ifname, env.netns, address)
+    with phase("endpoint"):
+        problems = endpoint.check(_node(conf), env.container_id, env.ifname, env.netns, address, conf.bandwidth)
     if problems:
         raise CniError(Code.CHECK_FAILED, "; ".join(problems))
 
@@ -200,12 +208,14 @@ def gc(env: Env, conf: config.NetConf) -> None:
         # GC of one network never touches another's pods (records without a name: any).
         mine = not record.network or record.network == conf.name
         if mine and (record.container_id, record.ifname) not in valid:
-            endpoint.delete(node, record.container_id, record.ifname,
-                            ipaddress.IPv4Address(record.address))
+            with phase("endpoint"):
+                endpoint.delete(node, record.container_id, record.ifname,
+                                ipaddress.IPv4Address(record.address))
             records.remove(record.container_id, record.ifname)
             log.info("GC %s/%s: %s released", record.container_id, record.ifname, record.address)
     keep = {naming.host_ifname(r.container_id, r.ifname) for r in records.all()}
-    endpoint.remove_strays(node, keep)
+    with phase("endpoint"):
+        endpoint.remove_strays(node, keep)
     call_ipam(env, conf.raw, "GC")
 
 
