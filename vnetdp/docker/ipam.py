@@ -36,6 +36,7 @@ from vnetdp.ipam.store import CNI, DOCKER, Allocation, State, Store
 log = logging.getLogger("vnetdp.docker")
 
 ADDRESS_SPACE = "vnetdp"
+UNASKED_LOOP_S = 1.0
 POOL_ID_PREFIX = "vnetdp:"
 REQUEST_TYPE = "RequestAddressType"
 GATEWAY_REQUEST = "com.docker.network.gateway"
@@ -160,6 +161,8 @@ class IpamDriver:
     def address_spaces(self, body: Body) -> dict:
         return {"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE}
 
+    _last_unasked = float("-inf")
+
     def request_pool(self, body: Body) -> dict:
         space, pool, sub_pool = body.text("AddressSpace"), body.text("Pool"), body.text("SubPool")
         options, v6 = body.strings("Options"), body.flag("V6")
@@ -183,7 +186,19 @@ class IpamDriver:
             if not pools:
                 raise PluginError("the interface document lists no subnet for the VM's NIC")
             chosen = pools[0]
+            self._refuse_overlap_loop(chosen["subnet"])
         return {"PoolID": POOL_ID_PREFIX + chosen["subnet"], "Pool": chosen["subnet"], "Data": {}}
+
+    def _refuse_overlap_loop(self, subnet: str) -> None:
+        """Without --subnet, Docker 20.10 (libnetwork) refuses a pool that
+        overlaps the host's routes and asks again, at once and without end; the
+        NIC's subnet always overlaps the VM's own route. A second unasked
+        request within a second is that loop: end it with the way out."""
+        now = time.monotonic()
+        last, self._last_unasked = self._last_unasked, now
+        if now - last < UNASKED_LOOP_S:
+            raise PluginError(f"Docker refuses the NIC's subnet {subnet} when it picks the pool itself (it "
+                              f"overlaps the VM's own route): create the network with --subnet {subnet}")
 
     def release_pool(self, body: Body) -> dict:
         """Addresses Docker never released (a lost ReleaseAddress, a container
