@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -27,6 +28,7 @@ from vnetdp.datapath import syscall
 from vnetdp.datapath.node import Node
 
 POD_GATEWAY = ipaddress.IPv4Address("169.254.1.1")
+Phase = Callable[[str], contextlib.AbstractContextManager]  # times a named step
 POD_XDP_HOOK = "podxdp"  # pin name part of the pod end's XDP link
 POD_PROGRAMS = {"ingress": "from_container", "egress": "to_container"}
 #: qdiscs a host veth may carry: its default, vnetdp's hooks, the pacing of a
@@ -62,53 +64,64 @@ def _setup_pod_side(ifname: str, address: ipaddress.IPv4Address, host_mac: str, 
         return pod.mac
 
 
+def _untimed(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
 def add(node: Node, container_id: str, netns_path: str, ifname: str,
         address: ipaddress.IPv4Address, mtu: int | None = None,
-        macs: tuple[str, str] | None = None, bandwidth: M.Bandwidth | None = None) -> EndpointInfo:
+        macs: tuple[str, str] | None = None, bandwidth: M.Bandwidth | None = None,
+        phase: Phase = _untimed) -> EndpointInfo:
     """Create the endpoint (``macs``: the host end's and the pod's MAC, to
     rebuild one as it was; ``bandwidth``: its rate limits, in force before its
-    first packet); on any failure nothing of it remains."""
+    first packet; ``phase(name)`` times the steps: node, veth, attach); on any
+    failure nothing of it remains."""
     name = host_ifname(container_id, ifname)
     with contextlib.ExitStack() as fds, contextlib.ExitStack() as undo, IPRoute() as ipr:
-        mtu = mtu or node.configure(ipr).nic.mtu
-        pod_ns = netns.open_pod_ns(netns_path)
-        fds.callback(os.close, pod_ns)
-        links.delete_link(ipr, name)  # a leftover of an interrupted ADD for this very endpoint
-        host = links.create_veth(ipr, name, ifname, pod_ns, mtu, macs)
-        undo.callback(links.delete_link, ipr, name)
-        with netns.enter_fd(pod_ns, netns_path):
-            pod_mac = _setup_pod_side(ifname, address, host.mac, mtu)
-            if node.settings.nic_attach == "xdp":
-                undo.callback(attach.detach, None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
-                attach_pod_xdp(node, ifname, name)
-        add_host_side(node, ipr, host, address, pod_mac, undo, bandwidth)
+        with phase("node"):
+            mtu = mtu or node.configure(ipr).nic.mtu
+        with phase("veth"):
+            pod_ns = netns.open_pod_ns(netns_path)
+            fds.callback(os.close, pod_ns)
+            links.delete_link(ipr, name)  # a leftover of an interrupted ADD for this very endpoint
+            host = links.create_veth(ipr, name, ifname, pod_ns, mtu, macs)
+            undo.callback(links.delete_link, ipr, name)
+            with netns.enter_fd(pod_ns, netns_path):
+                pod_mac = _setup_pod_side(ifname, address, host.mac, mtu)
+                if node.settings.nic_attach == "xdp":
+                    undo.callback(attach.detach, None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
+                    attach_pod_xdp(node, ifname, name)
+        add_host_side(node, ipr, host, address, pod_mac, undo, bandwidth, phase)
         undo.pop_all()  # success: keep everything
         return EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
                             host.mac, pod_mac, mtu)
 
 
 def add_host_side(node: Node, ipr: IPRoute, host: links.Link, address: ipaddress.IPv4Address, pod_mac: str,
-                  undo: contextlib.ExitStack, bandwidth: M.Bandwidth | None = None) -> None:
+                  undo: contextlib.ExitStack, bandwidth: M.Bandwidth | None = None,
+                  phase: Phase = _untimed) -> None:
     """The host half of an endpoint whose veth exists (``host``: its host end,
     just created; ``pod_mac``: the other end's MAC): the /32 route and
     neighbour, the map entries, both programs attached; each step's undo
     pushed on ``undo``. ``add`` and the Docker driver (whose other end Docker
     moves into the container itself) share it."""
-    links.route_host(ipr, address, host, pod_mac)
-    with node.maps() as m:
-        undo.callback(_forget, node, address, host.index)
-        if bandwidth is not None and bandwidth.limited:
-            m.put_bandwidth(address, bandwidth)
-        m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac,
-                                           M.EP_BANDWIDTH if bandwidth and bandwidth.limited else 0))
-    for hook, prog in POD_PROGRAMS.items():
-        pin = node.bpffs.link_pin(host.name, hook)
-        undo.callback(attach.detach, host.index, hook, pin, ipr)
-        fd = node.programs.prog_fd(prog)
-        try:
-            attach.attach(fd, host.index, hook, pin, node.settings.pod_attach_mode, ipr, fresh=True)
-        finally:
-            os.close(fd)
+    with phase("veth"):
+        links.route_host(ipr, address, host, pod_mac)
+        with node.maps() as m:
+            undo.callback(_forget, node, address, host.index)
+            if bandwidth is not None and bandwidth.limited:
+                m.put_bandwidth(address, bandwidth)
+            m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac,
+                                               M.EP_BANDWIDTH if bandwidth and bandwidth.limited else 0))
+    with phase("attach"):
+        for hook, prog in POD_PROGRAMS.items():
+            pin = node.bpffs.link_pin(host.name, hook)
+            undo.callback(attach.detach, host.index, hook, pin, ipr)
+            fd = node.programs.prog_fd(prog)
+            try:
+                attach.attach(fd, host.index, hook, pin, node.settings.pod_attach_mode, ipr, fresh=True)
+            finally:
+                os.close(fd)
 
 
 def attach_pod_xdp(node: Node, ifname: str, host_name: str) -> None:

@@ -253,8 +253,8 @@ def test_add_latency_histogram_counts_each_add_per_phase(lab, pods):
         for _ in range(adds):
             pods.add()
         after, once_after = scrape(), scrape_once(lab, vm)
-    for phase in ("total", "ipam", "endpoint"):
-        labels = {**ADD_TOTAL, "phase": phase}
+    for phase in ("total", "ipam", "node", "veth", "attach"):  # the phases: IPAM, veth and
+        labels = {**ADD_TOTAL, "phase": phase}                 # addresses, attach, total
         name = "vnetdp_cni_call_duration_seconds_count"
         assert value(after, name, **labels) - value(before, name, **labels) == adds, phase
         assert value(once_after, name, **labels) - value(once_before, name, **labels) == adds, phase
@@ -301,7 +301,8 @@ def test_each_call_logs_one_json_record_in_the_labs_log_dir(lab, pods):
     [add] = [x for x in calls if x["container_id"] == ns and x["command"] == "ADD"]
     assert (add["level"], add["plugin"], add["pod"], add["result"], add["code"]) == \
         ("info", "vnetdp", "shop/web-1", "ok", 0)
-    assert {"ipam", "endpoint", "total"} <= add["phases"].keys() and add["duration_s"] == add["phases"]["total"]
+    assert {"ipam", "node", "veth", "attach", "total"} <= add["phases"].keys()
+    assert add["duration_s"] == add["phases"]["total"]
     [delete] = [x for x in calls if x["container_id"] == ns and x["command"] == "DEL"]
     assert delete["result"] == "ok" and "endpoint" in delete["phases"]
     [refused] = [x for x in calls if x["container_id"] == pods.made[-1] and x["command"] == "ADD"]

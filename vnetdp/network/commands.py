@@ -121,9 +121,8 @@ def _plumb(env: Env, conf: config.NetConf, records: PodRecords, record: PodRecor
     """The endpoint for a saved record; the record with its MACs (the same
     ones again when the record has them: a repair does not change them)."""
     macs = (record.host_mac, record.pod_mac) if record.pod_mac else None
-    with phase("endpoint"):
-        info = endpoint.add(_node(conf), env.container_id, env.netns, env.ifname,
-                            ipaddress.IPv4Address(record.address), conf.mtu, macs, conf.bandwidth)
+    info = endpoint.add(_node(conf), env.container_id, env.netns, env.ifname,
+                        ipaddress.IPv4Address(record.address), conf.mtu, macs, conf.bandwidth, phase)
     done = dataclasses.replace(record, host_mac=info.host_mac, pod_mac=info.pod_mac)
     records.save(done)
     log.info("ADD %s/%s: %s on %s", env.container_id, env.ifname, record.address, info.host_ifname)
