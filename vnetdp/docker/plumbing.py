@@ -99,13 +99,18 @@ class NodePlumbing:
         container is gone)."""
         if not record.netns or not record.pod_mac:
             return True
-        try:
+        try:  # Docker makes the sandbox's namespace after Join answers: until then, not yet
             target = netns.open_ns(record.netns)
         except netns.NetnsNotFound:
-            return True
+            return False
         node = self.node()
         try:
-            with netns.enter_fd(target, record.netns), IPRoute() as ipr:
+            with contextlib.ExitStack() as inside:
+                try:
+                    inside.enter_context(netns.enter_fd(target, record.netns))
+                except netns.NetnsNotFound:  # the file exists, the namespace is not mounted on it yet
+                    return False
+                ipr = inside.enter_context(IPRoute())
                 link = next((x for x in ipr.get_links()
                              if (x.get_attr("IFLA_ADDRESS") or "").lower() == record.pod_mac.lower()), None)
                 if link is None or not link["flags"] & IFF_UP:
