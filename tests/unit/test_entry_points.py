@@ -11,6 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Calls main() of one entry point with each argv, in a fresh interpreter (this
@@ -71,11 +73,37 @@ def test_product_command_refuses_lab_and_bench(tmp_path):
 
 
 def test_lab_command_carries_the_lab_and_loads_bench_only_to_run_it(tmp_path):
-    commands = ["up", "down", "demo", "bench"]
+    commands = ["up", "down", "demo", "docker-demo", "bench"]
     result = _probe("vnetdp.lab.cli", [["--help"], *([cmd, "--help"] for cmd in commands)], cwd=tmp_path)
-    assert [c["code"] for c in result["calls"]] == [0] * 5, result["calls"]
+    assert [c["code"] for c in result["calls"]] == [0] * (len(commands) + 1), result["calls"]
     assert "{" + ",".join(commands) + "}" in result["calls"][0]["out"]
     assert not [m for m in result["loaded"] if m == "bench" or m.startswith("bench.")]
+
+
+def test_lab_demos_take_their_arguments(monkeypatch):
+    """``demo [--docker]`` and ``docker-demo`` run the one demo: the pods' rows,
+    the container's, or both; exit 0 only when it says every path worked."""
+    from vnetdp.lab import demo
+    from vnetdp.lab.cli import main
+
+    calls, verdict = [], [True]
+
+    def run_demo(lab_id="", pool=30, out=print, pods=True, docker=False):
+        calls.append((lab_id, pool, pods, docker))
+        return verdict[0]
+
+    monkeypatch.setattr(demo, "run_demo", run_demo)
+    assert main(["docker-demo"]) == 0 and calls.pop() == ("", 30, False, True)
+    assert main(["docker-demo", "--id", "t7", "--pool", "5"]) == 0 and calls.pop() == ("t7", 5, False, True)
+    assert main(["demo"]) == 0 and calls.pop() == ("", 30, True, False)
+    assert main(["demo", "--docker", "--id", "t7"]) == 0 and calls.pop() == ("t7", 30, True, True)
+    verdict[0] = False
+    assert main(["docker-demo"]) == 1 and calls.pop() == ("", 30, False, True)
+    for argv in (["docker-demo", "--docker"], ["docker-demo", "--pool", "many"], ["docker-demo", "extra"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2, argv
+    assert calls == []
 
 
 def test_lab_command_finds_the_checkouts_bench():

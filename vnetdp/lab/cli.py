@@ -1,10 +1,11 @@
 """The ``vnetdp-lab`` command: the emulated VNet and the benchmark, for a checkout.
 
 Examples:
-  vnetdp-lab up [--id ID] [--vms N] [--pool N]   build the emulated VNet (SPEC §7)
-  vnetdp-lab demo [--id ID] [--pool N]           lab, pods, connectivity matrix, teardown
-  vnetdp-lab down [--id ID]                      remove every trace of a lab
-  vnetdp-lab bench [--quick] [--out DIR]         the benchmark (SPEC §8), from the checkout's bench/
+  vnetdp-lab up [--id ID] [--vms N] [--pool N]     build the emulated VNet (SPEC §7)
+  vnetdp-lab demo [--id ID] [--pool N] [--docker]  lab, pods, connectivity matrix, teardown
+  vnetdp-lab docker-demo [--id ID] [--pool N]      the lab, one Docker container's rows, teardown
+  vnetdp-lab down [--id ID]                        remove every trace of a lab
+  vnetdp-lab bench [--quick] [--out DIR]           the benchmark (SPEC §8), from the checkout's bench/
 
 Nodes run the product command, ``vnetdp``, which never loads the lab.
 """
@@ -37,7 +38,13 @@ def _down(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from vnetdp.lab.demo import run_demo
 
-    return 0 if run_demo(args.id, args.pool) else 1
+    return 0 if run_demo(args.id, args.pool, docker=args.docker) else 1
+
+
+def _docker_demo(args: argparse.Namespace) -> int:
+    from vnetdp.lab.demo import run_demo
+
+    return 0 if run_demo(args.id, args.pool, pods=False, docker=True) else 1
 
 
 def checkout_root() -> Path:
@@ -83,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="lab, pods, connectivity matrix, counters, teardown")
     _lab_id(demo)
     _pool(demo)
+    demo.add_argument("--docker", action="store_true",
+                      help="also dockerd and vnetdp's plugin on VM 1: one container's rows in the matrix")
     demo.set_defaults(func=_demo)
+    docker_demo = sub.add_parser("docker-demo", help="lab, pods, one Docker container on VM 1: its rows in the "
+                                 "matrix, its address and IPAM owner, teardown")
+    _lab_id(docker_demo)
+    _pool(docker_demo)
+    docker_demo.set_defaults(func=_docker_demo)
     bench = sub.add_parser("bench", help="benchmark against the kernel bridge and a bare veth")
     bench.add_argument("--quick", action="store_true", help="under 5 minutes (default: full run, under 30)")
     bench.add_argument("--out", default="bench/results", help="directory for JSON, Markdown and charts")

@@ -2,6 +2,7 @@
 what each path measured and which datapath counters it moved, then teardown."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vnetdp.lab import fabric, probe
@@ -33,32 +34,61 @@ def matrix_paths(lab: Lab) -> list[Path]:
     ]
 
 
-def run_demo(lab_id: str = "", pool: int = 30, out=print) -> bool:
-    """Run the demo; True when every path that should work did."""
+HEADER = f"{'path':<20} {'from -> to':<40} {'ping ms':>8} {'TCP Gbit/s':>10}  datapath counters moved"
+
+
+def measure(lab: Lab, name: str, src: str, dst: str, vm: P.Vm, ping: Callable[[], probe.ProbeResult],
+            tcp: Callable[[], probe.ProbeResult] | None) -> tuple[str, bool]:
+    """One row of the matrix: ``ping``, then ``tcp`` if it pinged (None: no TCP
+    measured on this path, shown as "-"), with the counters this moved on
+    ``vm``'s datapath and what the fabric dropped meanwhile; and whether the
+    path worked (every reply back, and the TCP transfer when there is one)."""
+    before = counters(lab, vm)
+    fab_before = fabric.drops(lab.plan)
+    pinged = ping()
+    transfer = tcp() if tcp is not None and pinged.ok else None
+    moved = counters(lab, vm) - before
+    fab_moved = {k: v - fab_before.get(k, 0) for k, v in fabric.drops(lab.plan).items()
+                 if v != fab_before.get(k, 0)}
+    works = pinged.ok and (tcp is None or (transfer is not None and transfer.ok))
+    note = ", ".join(f"{k}+{v}" for k, v in sorted(moved.items()))
+    if fab_moved:
+        note += f" (fabric dropped: {fab_moved})"
+    ms = f"{pinged.value:.3f}" if pinged.ok and pinged.value is not None else "FAIL"
+    gbps = f"{transfer.value:.2f}" if transfer and transfer.ok else "-"
+    return f"{name:<20} {src + ' -> ' + dst:<40} {ms:>8} {gbps:>10}  {note}", works
+
+
+def pod_rows(lab: Lab, out=print) -> bool:
+    """The pods' matrix rows; True when every path worked."""
+    all_ok = True
+    for path in matrix_paths(lab):
+        row, works = measure(lab, path.name, path.src_ns, path.dst, path.vm,
+                             lambda: probe.ping(path.src_ns, path.dst),
+                             lambda: probe.tcp_transfer(path.src_ns, path.dst_ns, path.dst))
+        out(row)
+        all_ok &= works
+    return all_ok
+
+
+def run_demo(lab_id: str = "", pool: int = 30, out=print, pods: bool = True, docker: bool = False) -> bool:
+    """Run the demo; True when every path that should work did. ``pods``: the
+    pods' rows; ``docker``: a Docker container's rows on VM 1 (``vnetdp-lab
+    demo --docker``; alone: ``vnetdp-lab docker-demo``)."""
+    if docker:
+        from vnetdp.lab import docker_demo
+
+        docker_demo.check_host()   # before any lab is built
     lab = Lab(P.Plan(lab_id, vms=2, pool=pool))
     lab.up()
     try:
         for vm, j in [(lab.plan.vm(1), 1), (lab.plan.vm(1), 2), (lab.plan.vm(2), 1)]:
             lab.add_pod(vm, j)
         out(f"lab up: 2 VMs with {pool} secondary addresses each, peer 10.3.0.100, internet {P.INET_IP}")
-        out(f"{'path':<20} {'from -> to':<40} {'ping ms':>8} {'TCP Gbit/s':>10}  datapath counters moved")
-        all_ok = True
-        for path in matrix_paths(lab):
-            before = counters(lab, path.vm)
-            fab_before = fabric.drops(lab.plan)
-            ping = probe.ping(path.src_ns, path.dst)
-            tcp = probe.tcp_transfer(path.src_ns, path.dst_ns, path.dst) if ping.ok else None
-            moved = counters(lab, path.vm) - before
-            fab_moved = {k: v - fab_before.get(k, 0) for k, v in fabric.drops(lab.plan).items()
-                         if v != fab_before.get(k, 0)}
-            works = ping.ok and tcp is not None and tcp.ok
-            all_ok &= works
-            note = ", ".join(f"{k}+{v}" for k, v in sorted(moved.items()))
-            if fab_moved:
-                note += f" (fabric dropped: {fab_moved})"
-            ms = f"{ping.value:.3f}" if ping.ok and ping.value is not None else "FAIL"
-            gbps = f"{tcp.value:.2f}" if tcp and tcp.ok else "-"
-            out(f"{path.name:<20} {path.src_ns + ' -> ' + path.dst:<40} {ms:>8} {gbps:>10}  {note}")
+        out(HEADER)
+        all_ok = pod_rows(lab, out) if pods else True
+        if docker:
+            all_ok &= docker_demo.container_rows(lab, out)
         for vm in lab.plan.all_vms:
             out(f"\n{vm.name} datapath counters (packets by reason):")
             for name, packets in sorted(counters(lab, vm).items()):

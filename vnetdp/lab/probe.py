@@ -26,8 +26,16 @@ class ProbeResult:
 def ping(src_ns: str, dst: str, count: int = 3) -> ProbeResult:
     proc = in_ns(src_ns, ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", str(dst)],
                  check=False, timeout=count + 5)
+    return ping_result(proc, count)
+
+
+def ping_result(proc: subprocess.CompletedProcess, count: int) -> ProbeResult:
+    """What a finished ping of ``count`` echoes measured: every reply back, and
+    the average round trip (ms). Reads iputils' summary ("3 received", "rtt
+    min/avg/max/mdev = ...") and busybox's ("3 packets received", "round-trip
+    min/avg/max = ...", a container's ping)."""
     m = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
-    received = re.search(r"(\d+) received", proc.stdout)
+    received = re.search(r"(\d+) (?:packets )?received", proc.stdout)
     ok = proc.returncode == 0 and received is not None and int(received.group(1)) == count
     return ProbeResult(ok, float(m.group(1)) if m else None, proc.stdout.strip().splitlines()[-1] if proc.stdout else "")
 
