@@ -220,7 +220,8 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 
 int from_container(struct __sk_buff *skb)
 {
-	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_FROM_POD };
+	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_FROM_POD,
+				  .hook = VND_HOOK_FROM_CONTAINER };
 	struct vnd_pkt p = { .ctx = skb, .is_xdp = 0 };
 	struct ethhdr *eth;
 

@@ -82,7 +82,8 @@ static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
 
 int from_nic(struct __sk_buff *skb)
 {
-	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_NIC };
+	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_NIC,
+				  .hook = VND_HOOK_FROM_NIC };
 	struct vnd_pkt p = { .ctx = skb, .is_xdp = 0 };
 
 	tc_pull_headers(skb);
@@ -92,7 +93,8 @@ int from_nic(struct __sk_buff *skb)
 
 int from_nic_xdp(struct xdp_md *ctx)
 {
-	struct vnd_verdict v = { .metric_ifindex = ctx->ingress_ifindex, .dir = VND_DIR_NIC };
+	struct vnd_verdict v = { .metric_ifindex = ctx->ingress_ifindex, .dir = VND_DIR_NIC,
+				  .hook = VND_HOOK_FROM_NIC_XDP };
 	struct vnd_pkt p = { .ctx = ctx, .is_xdp = 1 };
 
 	nic_handle(&p, &v);

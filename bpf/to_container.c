@@ -31,7 +31,8 @@ static __always_inline void remember_host_flow(const struct vnd_pkt *p, struct i
 
 int to_container(struct __sk_buff *skb)
 {
-	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_TO_POD };
+	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_TO_POD,
+				  .hook = VND_HOOK_TO_CONTAINER };
 	struct vnd_pkt p = { .ctx = skb, .is_xdp = 0 };
 	struct vnd_bandwidth *bw;
 	struct vnd_endpoint *ep;

@@ -13,7 +13,8 @@ Examples:
   vnetdp endpoints [--json]                         pods: records, addresses, veths, counters
   vnetdp stats [--watch S [--count N]] [--json]     counters per endpoint and reason (rates)
   vnetdp metrics [--listen 127.0.0.1:9464 | --once] Prometheus metrics of the node
-  (status, endpoints, stats, metrics: --state-dir D --bpffs-dir D --netns NS for a node elsewhere)
+  vnetdp monitor [--trace] [--pod P] [--reason R ...] [--json] [--count N] [--seconds S]   live drops (traces)
+  (status, endpoints, stats, metrics, monitor: --state-dir D --bpffs-dir D --netns NS for a node elsewhere)
   vnetdp reconcile [--fix] [--json]                 records, IPAM, map, veths, attachments: differences
   vnetdp upgrade [--cflags F ...] [--rollback] [--json]   swap in the sources' build, no packet lost
 
@@ -240,6 +241,41 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from vnetdp.ops import monitor
+
+    try:
+        filt = monitor.Filter(monitor.parse_reasons(args.reason), args.trace, args.pod)
+        with _in_netns(args):
+            monitor.run(_ops_dirs(args), filt, lambda line: print(line, flush=True), json_lines=args.json,
+                        count=args.max_events, seconds=args.seconds)
+    except monitor.MonitorError as e:
+        print(f"vnetdp monitor: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_monitor(sub) -> None:
+    """``monitor`` (SPEC §10): drops, and with --trace forwarded packets, as they happen."""
+    mon = sub.add_parser(
+        "monitor", help="live datapath events: every drop with its reason (--trace: forwarded packets too)",
+        description="Stream datapath events from the node's ring buffer: every drop with its reason, and with "
+                    "--trace every packet forwarded (into a pod, to the VNet, to the host; the host's own traffic "
+                    "from the NIC only with --reason PASS_NIC). Addresses and ports are the packet's as it leaves "
+                    "the program (after SNAT: translated). One monitor per node at a time; it switches events on "
+                    "when it starts and off when it ends (Ctrl-C, SIGTERM); while off the datapath pays one map "
+                    "read per packet.")
+    _ops_args(mon)
+    mon.add_argument("--trace", action="store_true", help="forwarded packets too, not only drops")
+    mon.add_argument("--pod", metavar="NAME|ADDRESS",
+                     help="only this pod's events: namespace/name, name, container ID, host veth or address")
+    mon.add_argument("--reason", nargs="+", default=[], metavar="NAME",
+                     help="only these reasons (e.g. DROP_SPOOF_IP FWD_LOCAL); forwarding reasons imply --trace")
+    mon.add_argument("--count", type=int, dest="max_events", metavar="N", help="stop after N events")
+    mon.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+    mon.set_defaults(func=_monitor)
+
+
 def _ops_args(parser: argparse.ArgumentParser, json_output: bool = True) -> None:
     """The node to inspect: defaults are this node's (VNETDP_STATE_DIR, VNETDP_BPFFS_DIR)."""
     from vnetdp import defaults
@@ -390,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics.add_argument("--once", action="store_true",
                          help="print the exposition text once and exit (node_exporter's textfile collector)")
     metrics.set_defaults(func=_metrics)
+    _add_monitor(sub)
     _add_day_two(sub)
     args = parser.parse_args(_join_cflags(sys.argv[1:] if argv is None else argv))
     if getattr(args, "count", None) is not None and not getattr(args, "watch", None):

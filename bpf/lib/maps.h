@@ -27,6 +27,9 @@
 #ifndef VND_MAX_SNAT_FRAGS
 #define VND_MAX_SNAT_FRAGS 4096 /* fragmented datagrams of translated flows in flight */
 #endif
+#ifndef VND_EVENTS_BYTES
+#define VND_EVENTS_BYTES (256 * 1024) /* the monitor's ring buffer: a power of 2 of whole pages */
+#endif
 
 /*
  * The layouts section: every struct, enum and constant that the control plane
@@ -167,6 +170,45 @@ struct vnd_snat_frag_val {
 	__u32 pad;
 };
 
+#define VND_MONITOR_DROPS 1     /* an event for every drop */
+#define VND_MONITOR_TRACE 2     /* an event for every packet forwarded: into a pod, to the VNet, to the host */
+#define VND_MONITOR_NIC_PASS 4  /* with TRACE: the host's own traffic from the NIC (PASS_NIC) too */
+
+/* The monitor switch (vnetdp monitor): one entry, key 0. The programs read
+ * it once per verdict; with no flag set that read is all a packet pays. */
+struct vnd_monitor {
+	__u32 flags;            /* VND_MONITOR_*, set and cleared by the control plane */
+	__u32 pad;
+	__u64 lost;             /* events the ring buffer had no room for (the datapath counts) */
+};
+
+/* The program a verdict comes from. */
+enum vnd_hook {
+	VND_HOOK_FROM_CONTAINER = 1,    /* tc ingress on a pod's host veth */
+	VND_HOOK_TO_CONTAINER = 2,      /* tc egress on a pod's host veth */
+	VND_HOOK_FROM_NIC = 3,          /* tc ingress on the NIC */
+	VND_HOOK_FROM_NIC_XDP = 4,      /* XDP on the NIC */
+};
+
+/* One record of the events ring buffer: a verdict and the packet's headers as
+ * the packet leaves the program (after a translation: the translated ones). */
+struct vnd_event {
+	__u64 ts_ns;            /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u32 ifindex;          /* whose counters moved: a pod's host veth, or the NIC */
+	__u32 out_ifindex;      /* the redirect's target; 0 for drops and the host stack */
+	__u32 len;              /* the frame's length */
+	__u8 hook;              /* enum vnd_hook */
+	__u8 dir;               /* enum vnd_dir */
+	__u8 reason;            /* enum vnd_reason */
+	__u8 proto;             /* IPv4 protocol; 0 for other frames */
+	__be16 ethertype;       /* 0 when the frame is shorter than an Ethernet header */
+	__u16 pad;
+	__be32 saddr;           /* IPv4 addresses; ARP: sender and target */
+	__be32 daddr;
+	__be16 sport;           /* TCP/UDP ports; ICMP: type and code; else 0 */
+	__be16 dport;
+};
+
 /* Test builds only (VND_TEST_TRACE): the last redirect a program asked for. */
 struct vnd_redirect_trace {
 	__u32 ifindex;
@@ -197,6 +239,28 @@ BPF_TABLE_PINNED("hash", __be32, struct vnd_snat_quota, vnd_snat_quota,
 /* LRU: a datagram's fragments follow its first within moments; old ones may go. */
 BPF_TABLE_PINNED("lru_hash", struct vnd_snat_frag_key, struct vnd_snat_frag_val,
 		 vnd_snat_frags, VND_MAX_SNAT_FRAGS, VND_MAPS_DIR "/snat_frags");
+
+BPF_TABLE_PINNED("array", __u32, struct vnd_monitor, vnd_monitor, 1, VND_MAPS_DIR "/monitor");
+
+/*
+ * A ring buffer pinned like the tables above. bcc 0.26 pins any map whose
+ * section names a path after its type, but its BPF_RINGBUF_OUTPUT takes no
+ * path and a BPF_TABLE_PINNED table has no ringbuf_output() method: this is
+ * BPF_RINGBUF_OUTPUT with the pin path in the section. A ring buffer has no
+ * key or value (bcc creates it with neither, so the map has no BTF); the
+ * record type stands as the leaf, which puts it in the programs' BTF.
+ */
+#define VND_RINGBUF_PINNED(_name, _record, _bytes, _pin)                     \
+	struct _name##_table_t {                                             \
+		int key;                                                     \
+		_record leaf;                                                \
+		int (*ringbuf_output)(void *, __u64, __u64);                 \
+		__u32 max_entries;                                           \
+	};                                                                   \
+	__attribute__((section("maps/ringbuf:" _pin)))                       \
+	struct _name##_table_t _name = { .max_entries = (_bytes) }
+
+VND_RINGBUF_PINNED(vnd_events, struct vnd_event, VND_EVENTS_BYTES, VND_MAPS_DIR "/events");
 
 #ifdef VND_TEST_TRACE
 BPF_TABLE_PINNED("array", __u32, struct vnd_redirect_trace, vnd_trace, 1,

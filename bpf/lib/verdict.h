@@ -1,12 +1,15 @@
 /*
  * Where a handler sends a packet, and the one place that turns that into a
- * counter update and a tc or XDP action. Handlers fill a struct vnd_verdict
- * and return; only program entry points call tc_finish()/xdp_finish().
+ * counter update, a monitor event (when asked for) and a tc or XDP action.
+ * Handlers fill a struct vnd_verdict and return; only program entry points
+ * call tc_finish()/xdp_finish().
  */
 #ifndef VND_VERDICT_H
 #define VND_VERDICT_H
 
 #include "maps.h"
+#include "monitor.h"
+#include "pkt.h"
 #include "reasons.h"
 
 enum vnd_how {
@@ -22,6 +25,7 @@ struct vnd_verdict {
 	__u8 how;               /* enum vnd_how */
 	__u8 reason;            /* enum vnd_reason */
 	__u8 dir;               /* enum vnd_dir */
+	__u8 hook;              /* enum vnd_hook: the program, for monitor events */
 };
 
 static __always_inline void verdict_set(struct vnd_verdict *v, __u8 how,
@@ -53,6 +57,26 @@ static __always_inline void metrics_count(const struct vnd_verdict *v, __u32 byt
 	}
 }
 
+/* An event of this verdict into the ring buffer, when the monitor asks for one. */
+static __always_inline void monitor_verdict(const struct vnd_pkt *p, const struct vnd_verdict *v,
+					    __u32 len)
+{
+	struct vnd_monitor *mon = monitor_wants(v->reason);
+	struct vnd_event e;
+
+	if (!mon)
+		return;
+	e = (struct vnd_event){
+		.ifindex = v->metric_ifindex,
+		.out_ifindex = v->how == VND_HOW_EGRESS || v->how == VND_HOW_PEER ? v->ifindex : 0,
+		.len = len,
+		.hook = v->hook,
+		.dir = v->dir,
+		.reason = v->reason,
+	};
+	monitor_write(mon, p, &e);
+}
+
 static __always_inline void trace_redirect(const struct vnd_verdict *v)
 {
 #ifdef VND_TEST_TRACE
@@ -65,7 +89,10 @@ static __always_inline void trace_redirect(const struct vnd_verdict *v)
 
 static __always_inline int tc_finish(struct __sk_buff *skb, const struct vnd_verdict *v)
 {
+	struct vnd_pkt p = { .ctx = skb, .is_xdp = 0 };
+
 	metrics_count(v, skb->len);
+	monitor_verdict(&p, v, skb->len);
 	trace_redirect(v);
 	/* An if chain, not a switch: clang turns a switch over helper calls
 	 * into a table of helper pointers and an indirect call BPF cannot make. */
@@ -80,7 +107,10 @@ static __always_inline int tc_finish(struct __sk_buff *skb, const struct vnd_ver
 
 static __always_inline int xdp_finish(struct xdp_md *ctx, const struct vnd_verdict *v)
 {
+	struct vnd_pkt p = { .ctx = ctx, .is_xdp = 1 };
+
 	metrics_count(v, (__u32)(ctx->data_end - ctx->data));
+	monitor_verdict(&p, v, pkt_len(&p));
 	trace_redirect(v);
 	if (v->how == VND_HOW_PASS)
 		return XDP_PASS;

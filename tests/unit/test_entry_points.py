@@ -49,7 +49,7 @@ def _probe(module: str, argvs: list[list[str]], cwd: Path) -> dict:
 def test_product_command_has_only_product_commands_and_never_loads_the_lab(tmp_path):
     missing = str(tmp_path / "no-bpffs")
     product = ["counters", "snat", "install", "ipam", "node", "agent", "docker-plugin", "status", "endpoints",
-               "stats", "metrics", "reconcile", "upgrade"]
+               "stats", "metrics", "monitor", "reconcile", "upgrade"]
     result = _probe("vnetdp.cli", [
         ["--help"],
         *([cmd, "--help"] for cmd in product),

@@ -354,6 +354,16 @@ class Metric:
     bytes: int
 
 
+@dataclass(frozen=True)
+class MonitorSwitch:
+    """The monitor switch: which events the datapath writes to the events ring
+    buffer (MONITOR_* flags; 0: none, the programs then only read this), and
+    how many it lost because the ring buffer was full."""
+
+    flags: int
+    lost: int
+
+
 def _cidr_key(net: ipaddress.IPv4Network | str) -> dict:
     net = ipaddress.IPv4Network(net)
     return {"prefixlen": net.prefixlen, "addr": ip_be32(net.network_address)}
@@ -373,11 +383,13 @@ class Maps:
         self._snat_quota = PinnedMap(f"{maps_dir}/snat_quota", "__be32", "struct vnd_snat_quota")
         self._host_flows = PinnedMap(f"{maps_dir}/host_flows", "struct vnd_flow_key", "__u64")
         self._bandwidth = PinnedMap(f"{maps_dir}/bandwidth", "__be32", "struct vnd_bandwidth")
+        self._monitor: PinnedMap | None = None  # opened on first use: older builds pinned none
 
     def close(self) -> None:
         for m in (self._endpoints, self._node, self._cidrs, self._metrics, self._snat, self._snat_quota,
-                  self._host_flows, self._bandwidth):
-            m.close()
+                  self._host_flows, self._bandwidth, self._monitor):
+            if m is not None:
+                m.close()
 
     def __enter__(self) -> Maps:
         return self
@@ -480,6 +492,25 @@ class Maps:
 
     def delete_host_flow(self, flow: HostFlow) -> bool:
         return self._host_flows.delete(flow.key())
+
+    # the monitor switch (vnetdp monitor)
+    def _monitor_map(self) -> PinnedMap:
+        """The switch's map; BpfError(ENOENT) when the node's build pinned none."""
+        if self._monitor is None:
+            self._monitor = PinnedMap(f"{self.dir}/monitor", "__u32", "struct vnd_monitor")
+        return self._monitor
+
+    def monitor(self) -> MonitorSwitch:
+        c = self._monitor_map().get(0)
+        return MonitorSwitch(c.flags, c.lost)
+
+    def set_monitor(self, flags: int) -> MonitorSwitch:
+        """Ask the datapath for the events ``flags`` names (0: none), keeping
+        the lost count (an event lost while this writes is not counted)."""
+        c = self._monitor_map().get(0)
+        c.flags = flags
+        self._monitor_map().put(0, c)
+        return MonitorSwitch(c.flags, c.lost)
 
     # counters
     def metrics(self) -> list[Metric]:
