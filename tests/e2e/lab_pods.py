@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import socket
 
 from pyroute2 import IPRoute
 
 from vnetdp import naming, netns
 from vnetdp.ipam.store import Store
 from vnetdp.lab import cni
-from vnetdp.lab.shell import run
+from vnetdp.lab import plan as P
+from vnetdp.lab.shell import in_ns, run
 from vnetdp.network.records import PodRecords
 
 _slots = itertools.count(100)
@@ -71,3 +73,19 @@ class Pods:
 
 def address_of(call: cni.CniCall) -> str:
     return str(ipaddress.IPv4Interface(call.output["ips"][0]["address"]).ip)
+
+
+def host_port_serves(lab, vm, ns: str, address: str, container_port: int, host_port: int) -> None:
+    """A listener in pod ``ns`` on ``address:container_port`` is reached from the
+    peer VM at the VM's primary IP and ``host_port``, and sees the peer's address."""
+    with netns.enter(ns):
+        server = socket.create_server((address, container_port))
+    with server:
+        client = in_ns(lab.plan.peer, ["python3", "-c",
+                                       f"import socket; socket.create_connection(('{vm.primary}', {host_port}), 3)"],
+                       check=False)
+        server.settimeout(3)
+        conn, peer = server.accept()
+        conn.close()
+    assert client.returncode == 0, client.stderr
+    assert peer[0] == str(P.PEER_IP)

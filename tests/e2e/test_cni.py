@@ -8,20 +8,18 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import tempfile
 
 import pytest
 from pyroute2 import IPRoute
 
-from lab_pods import address_of
+from lab_pods import address_of, host_port_serves
 from vnetdp import defaults, links, naming, netns
 from vnetdp.agent import wire
 from vnetdp.cni.spec import SUPPORTED_VERSIONS, Code
 from vnetdp.datapath import attach
 from vnetdp.ipam.store import Store
 from vnetdp.lab import cni, probe
-from vnetdp.lab import plan as P
 from vnetdp.lab.shell import in_ns, run
 
 CNI_DIR = pathlib.Path(__file__).resolve().parents[2] / "cni"
@@ -185,17 +183,7 @@ def test_reference_portmap_chained_after_vnetdp_maps_a_host_port(lab, pods):
     mapped = cni.invoke(pods.vm.ns, REFERENCE_PLUGINS, "ADD", portmap, **call)
     try:
         assert mapped.ok, mapped.output
-        with netns.enter(ns):
-            server = socket.create_server((address, 8080))
-        with server:
-            client = in_ns(lab.plan.peer, ["python3", "-c",
-                                        f"import socket; socket.create_connection(('{pods.vm.primary}', 18080), 3)"],
-                           check=False)
-            server.settimeout(3)
-            conn, peer = server.accept()
-            conn.close()
-        assert client.returncode == 0, client.stderr
-        assert peer[0] == str(P.PEER_IP)
+        host_port_serves(lab, pods.vm, ns, address, 8080, 18080)
     finally:
         cni.invoke(pods.vm.ns, REFERENCE_PLUGINS, "DEL", portmap, **call)
 

@@ -17,17 +17,15 @@ import json
 import os
 import pathlib
 import re
-import socket
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from lab_pods import Pods
+from lab_pods import Pods, host_port_serves
 from libcni.build import DriverUnavailable, build
 from vnetdp import netns
 from vnetdp.lab import cni, probe
-from vnetdp.lab import plan as P
 from vnetdp.lab.shell import in_ns, run
 
 REFERENCE_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins: tuning, portmap
@@ -162,17 +160,7 @@ def assert_serves(runtime: Runtime, ns: str, address: str) -> None:
     """The pod answers the peer VM directly and behind its hostPort on the VM's primary IP."""
     lab, vm = runtime.lab, runtime.vm
     assert probe.ping(lab.plan.peer, address, count=1).ok
-    with netns.enter(ns):
-        server = socket.create_server((address, CONTAINER_PORT))
-    with server:
-        client = in_ns(lab.plan.peer, ["python3", "-c",
-                                       f"import socket; socket.create_connection(('{vm.primary}', {HOST_PORT}), 3)"],
-                       check=False)
-        server.settimeout(3)
-        conn, peer = server.accept()
-        conn.close()
-    assert client.returncode == 0, client.stderr
-    assert peer[0] == str(P.PEER_IP)
+    host_port_serves(lab, vm, ns, address, CONTAINER_PORT, HOST_PORT)
 
 
 def assert_detached(runtime: Runtime, ns: str, container_id: str, address: str) -> None:
