@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -136,13 +137,24 @@ def _setting(item: str) -> tuple[str, object]:
 def _node(args: argparse.Namespace) -> int:
     from vnetdp.datapath.node import Node, NodeSettings
     from vnetdp.datapath.settings import FIELDS, NodeSettingsFile
+    from vnetdp.files import atomic_write
 
     file = NodeSettingsFile(args.state_dir)
-    current = file.update(dict(map(_setting, args.settings))) if args.action == "set" else file.load()
     if args.action == "set":
+        before = open(file.path).read() if os.path.exists(file.path) else None
+        current = file.update(dict(map(_setting, args.settings)))
         node = Node(NodeSettings(args.bpffs_dir, args.state_dir, **current))
-        if node.programs.is_loaded():  # else the node's first pod applies them
-            node.configure()
+        try:
+            if node.programs.is_loaded():  # else the node's first pod applies them
+                node.configure()
+        except Exception as e:  # the node keeps what it had: settings it cannot apply are not its
+            if before is None:
+                os.unlink(file.path)
+            else:
+                atomic_write(file.path, before)
+            raise RuntimeError(f"the node cannot take these settings, nothing changed: {e}") from e
+    else:
+        current = file.load()
     shown = {name: current[f.attribute] for name, f in FIELDS.items()}
     if args.json:
         print(json.dumps(shown, indent=2))

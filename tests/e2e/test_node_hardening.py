@@ -26,6 +26,8 @@ from scapy.layers.l2 import Dot1Q, Ether
 from lab_pods import address_of
 from vnetdp import naming, netns
 from vnetdp.cni.spec import Code
+from vnetdp.datapath.settings import NodeSettingsFile
+from vnetdp.files import atomic_write
 from vnetdp.ipam.store import Store
 from vnetdp.lab import cni, nmagent, probe
 from vnetdp.lab import plan as P
@@ -464,3 +466,27 @@ def test_a_large_fragmented_reply_reaches_the_pod_whole(lab):
         server.sendto(answer, asker)
         assert client.recvfrom(8192)[0] == answer
     assert (counters(lab, vm) - before)["FWD_SNAT_FRAGMENT"] >= 2
+
+
+def test_status_is_not_ready_when_pods_cannot_be_attached(lab, pods):
+    """The node's NIC gone (here: its setting names one that is not there)."""
+    assert lab.cni(pods.vm, "STATUS").ok
+    settings_file = NodeSettingsFile(lab.plan.state_dir(pods.vm))
+    before = open(settings_file.path).read()
+    try:
+        settings_file.update({"master": "vnd-no-nic"})
+        status = lab.cni(pods.vm, "STATUS")
+    finally:
+        atomic_write(settings_file.path, before)
+    assert status.code == Code.NOT_AVAILABLE and "vnd-no-nic" in status.output["msg"], status.output
+    assert lab.cni(pods.vm, "STATUS").ok
+
+
+def test_node_set_that_the_node_cannot_take_changes_nothing(lab, pods):
+    vm = pods.vm
+    settings_file = NodeSettingsFile(lab.plan.state_dir(vm))
+    before, node_entry = open(settings_file.path).read(), node_map(lab, vm)
+    out = in_ns(vm.ns, [sys.executable, "-m", "vnetdp.cli", "node", "set", 'master="vnd-no-nic"',
+                        "--state-dir", lab.plan.state_dir(vm), "--bpffs-dir", lab.node_bpffs_dir(vm)], check=False)
+    assert out.returncode == 1 and "nothing changed" in out.stderr and "vnd-no-nic" in out.stderr, out.stderr
+    assert open(settings_file.path).read() == before and node_map(lab, vm) == node_entry

@@ -266,3 +266,11 @@ def test_a_record_without_its_endpoint_is_a_problem(verdict, tmp_path):
     PodRecords(str(tmp_path)).save(PodRecord("lost", "eth0", "/run/netns/x", "10.3.0.77", "vnetdp-ipam"))
     s = verdict()
     assert "record but no datapath endpoint: lost" in s["verdict"]
+
+
+def test_the_owner_of_a_pod_record_is_docker_for_docker_networks_else_cni():
+    from vnetdp.network.records import PodRecord
+    from vnetdp.ops.inspect import owner_of
+    record = PodRecord("c", "eth0", "/run/netns/c", "10.3.1.1", "vnetdp-ipam", network="vnetdp")
+    assert owner_of(record) == "cni"
+    assert owner_of(PodRecord("e", "eth0", "", "10.3.1.2", "vnetdp-docker", network="docker:4f2a")) == "docker"

@@ -220,6 +220,13 @@ def gc(env: Env, conf: config.NetConf) -> None:
 
 def status(env: Env, conf: config.NetConf) -> None:
     node = _node(conf)
+    try:  # programs can be attached only to a NIC that is there, with an address
+        with IPRoute() as ipr:
+            nic = node.nic(ipr)
+            if not links.ipv4_interfaces(ipr, nic.index):
+                raise NodeSetupError(f"NIC {nic.name} has no IPv4 address")
+    except NodeSetupError as e:
+        raise CniError(Code.NOT_AVAILABLE, f"pods cannot be attached: {e}", "check the node setting 'master'")
     if not node.programs.is_loaded():
         try:
             import bcc  # noqa: F401  (ADD would compile: it must be able to)

@@ -50,6 +50,11 @@ class NotPinned(Exception):
     """The node's maps are not pinned (no install, or no pod yet)."""
 
 
+def owner_of(record) -> str:
+    """Who made a pod record: the Docker driver's networks are ``docker:<id>``."""
+    return "docker" if record.network.startswith("docker:") else "cni"
+
+
 @contextlib.contextmanager
 def open_maps(dirs: NodeDirs) -> Iterator:
     """The node's pinned maps; NotPinned when there are none."""
@@ -299,7 +304,7 @@ def identities(dirs: NodeDirs, m, names: dict[int, str]) -> dict[int, dict[str, 
         out[ep.ifindex] = {"kind": "pod", "interface": names.get(ep.ifindex) or (
                                naming.host_ifname(r.container_id, r.ifname) if r else f"ifindex-{ep.ifindex}"),
                            "container_id": r.container_id if r else "", "namespace": r.k8s_namespace if r else "",
-                           "pod": r.k8s_pod if r else "", "address": str(address), "owner": "cni" if r else ""}
+                           "pod": r.k8s_pod if r else "", "address": str(address), "owner": owner_of(r) if r else ""}
     node = m.node()
     if node is not None:
         out.setdefault(node.nic_ifindex, {"kind": "nic", "interface": names.get(node.nic_ifindex, "nic"),
@@ -333,7 +338,7 @@ def endpoints(dirs: NodeDirs, m, names: dict[int, str]) -> list[dict[str, Any]]:
     for r in records:
         rows.append(_endpoint_row(r.address, eps.get(r.address), names, counts, quotas, {
             "container_id": r.container_id, "ifname": r.ifname, "namespace": r.k8s_namespace, "pod": r.k8s_pod,
-            "owner": "cni", "network": r.network, "netns": r.netns,
+            "owner": owner_of(r), "network": r.network, "netns": r.netns,
             "host_veth": naming.host_ifname(r.container_id, r.ifname)}))
     for address in sorted(eps.keys() - {r.address for r in records}):
         rows.append(_endpoint_row(address, eps[address], names, counts, quotas, {
