@@ -6,6 +6,9 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def fsync_dir(path: str) -> None:
@@ -54,3 +57,14 @@ def json_files(directory: str, wanted: Callable[[str], bool]) -> Iterator[dict]:
                 data = json.load(f)
             if isinstance(data, dict):
                 yield data
+
+
+def json_records(directory: str, record: Callable[..., T], wanted: Callable[[str], bool] = lambda name:
+                 name.endswith(".json")) -> list[T]:
+    """``record(**object)`` for each JSON object in ``directory``'s ``wanted``
+    files; objects that do not fit ``record`` are skipped."""
+    found = []
+    for data in json_files(directory, wanted):
+        with contextlib.suppress(TypeError):
+            found.append(record(**data))
+    return found

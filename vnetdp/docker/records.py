@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vnetdp import naming
-from vnetdp.files import atomic_write, json_files
+from vnetdp.files import atomic_write, json_records
 from vnetdp.locks import LockTimeout, flocked
 from vnetdp.network.records import PodRecord, PodRecords
 
@@ -99,11 +99,7 @@ class NetworkRecords:
             os.unlink(self._path(network_id))
 
     def all(self) -> list[NetworkRecord]:
-        found = []
-        for data in json_files(self.dir, lambda name: name.endswith(".json")):
-            with contextlib.suppress(TypeError):
-                found.append(NetworkRecord(**data))
-        return found
+        return json_records(self.dir, NetworkRecord)
 
 
 class Endpoints:

@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from vnetdp.files import atomic_write, fsync_dir, json_files
+from vnetdp.files import atomic_write, fsync_dir, json_records
 from vnetdp.ipam.errors import PoolExhausted, StateCorrupt, StateIoError
 from vnetdp.ipam.sources import Pool
 from vnetdp.locks import flocked
@@ -191,11 +191,7 @@ class Store:
     def leases(self) -> list[Allocation]:
         """The allocations the lease files record (unreadable ones, and files
         not named by an address such as a crash's temp file, skipped)."""
-        found = []
-        for data in json_files(self.leases_dir, _is_address):
-            with contextlib.suppress(TypeError):
-                found.append(Allocation(**data))
-        return found
+        return json_records(self.leases_dir, Allocation, _is_address)
 
     def _load(self) -> State:
         try:

@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from vnetdp.files import atomic_write, json_files
+from vnetdp.files import atomic_write, json_records
 from vnetdp.naming import attachment_hash
 
 RECORDS_DIR = "attachments"  # the directory's name since the first release
@@ -64,8 +64,4 @@ class PodRecords:
             os.unlink(self._path(container_id, ifname))
 
     def all(self) -> list[PodRecord]:
-        records = []
-        for data in json_files(self.dir, lambda name: name.endswith(".json")):
-            with contextlib.suppress(TypeError):
-                records.append(PodRecord(**data))
-        return records
+        return json_records(self.dir, PodRecord)
