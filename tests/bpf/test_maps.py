@@ -10,73 +10,31 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from pkt_harness import POD_A
+from vnetdp.datapath import layout_version
 from vnetdp.datapath import layouts as L
 from vnetdp.datapath import maps as M
 from vnetdp.datapath import syscall
 from vnetdp.datapath.reasons import reasons
 
-BTF_INT, BTF_ARRAY, BTF_STRUCT, BTF_UNION, BTF_TYPEDEF = 1, 3, 4, 5, 8
+# BTF kinds (the kernel's ABI numbers) this test walks.
+BTF_ARRAY, BTF_STRUCT, BTF_UNION, BTF_TYPEDEF = 3, 4, 5, 8
 BTF_VOLATILE, BTF_CONST, BTF_RESTRICT = 9, 10, 11
-# Bytes that follow a type's common part: fixed, and per member (vlen).
-BTF_FIXED = {1: 4, 3: 12, 14: 4, 17: 4}
-BTF_PER_MEMBER = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
 
 
-@dataclass
-class BtfType:
-    kind: int
-    name: str
-    size_or_type: int
-    members: list[tuple[str, int, int]] = field(default_factory=list)  # name, type id, bit offset
-    array: tuple[int, int] | None = None                               # element type id, count
-
-
-class Btf:
-    """The types of a raw BTF blob, indexed by type id."""
-
-    def __init__(self, raw: bytes) -> None:
-        magic, _, _, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", raw)
-        assert magic == 0xEB9F, "not little-endian BTF"
-        strings = raw[hdr_len + str_off:hdr_len + str_off + str_len]
-
-        def name(off: int) -> str:
-            return strings[off:strings.index(b"\0", off)].decode()
-
-        self.types: list[BtfType | None] = [None]  # id 0 is void
-        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
-        while pos < end:
-            name_off, info, size_or_type = struct.unpack_from("<III", raw, pos)
-            kind, vlen, bitfields = info >> 24 & 0x1F, info & 0xFFFF, info >> 31
-            t = BtfType(kind, name(name_off), size_or_type)
-            if kind in (BTF_STRUCT, BTF_UNION):
-                for i in range(vlen):
-                    m_name, m_type, m_off = struct.unpack_from("<III", raw, pos + 12 + 12 * i)
-                    t.members.append((name(m_name), m_type, m_off & 0xFFFFFF if bitfields else m_off))
-            elif kind == BTF_ARRAY:
-                elem, _, count = struct.unpack_from("<III", raw, pos + 12)
-                t.array = (elem, count)
-            self.types.append(t)
-            pos += 12 + BTF_FIXED.get(kind, 0) + BTF_PER_MEMBER.get(kind, 0) * vlen
-
-    def size(self, tid: int) -> int:
-        t = self.types[tid]
-        if t.kind in (BTF_TYPEDEF, BTF_VOLATILE, BTF_CONST, BTF_RESTRICT):
-            return self.size(t.size_or_type)
-        if t.kind == BTF_ARRAY:
-            return self.size(t.array[0]) * t.array[1]
-        return t.size_or_type
+class Btf(layout_version.Btf):
+    """The product's BTF reader, with what this test asks of it: C names and
+    every struct inside a type, member offsets in bytes."""
 
     def c_name(self, tid: int) -> str:
         t = self.types[tid]
-        return {BTF_STRUCT: "struct ", BTF_UNION: "union "}.get(t.kind, "") + t.name
+        return {BTF_STRUCT: "struct ", BTF_UNION: "union "}.get(t.kind, "") + self.name(t.name_off)
 
     def structs(self, tid: int) -> dict[str, tuple[int, list[tuple[str, int, int]]]]:
         """C name -> (size, [(member, byte offset, size)]) of ``tid`` and every struct inside it."""
@@ -87,8 +45,9 @@ class Btf:
             return self.structs(t.array[0])
         if t.kind not in (BTF_STRUCT, BTF_UNION):
             return {}
-        found = {self.c_name(tid): (t.size_or_type, [(m, off // 8, self.size(mt)) for m, mt, off in t.members])}
-        for _, mt, _ in t.members:
+        members = [(self.name(m), mt, off & 0xFFFFFF if t.kind_flag else off) for m, mt, off in t.members]
+        found = {self.c_name(tid): (t.size_or_type, [(m, off // 8, self.size(mt)) for m, mt, off in members])}
+        for _, mt, _ in members:
             found.update(self.structs(mt))
         return found
 
