@@ -15,6 +15,8 @@ from vnetdp.network.records import PodRecord
 from vnetdp.ops import reconcile as R
 
 IDS = {"from_container": 11, "to_container": 12, "from_nic": 13, "from_nic_xdp": 14, "pod_xdp_pass": 15}
+#: what the NIC carries by nic_attach: from_nic at tc ingress, and with XDP from_nic_xdp in front of it
+NIC_PROGRAMS = {"tc": {"ingress": "from_nic"}, "xdp": {"ingress": "from_nic", "xdp": "from_nic_xdp"}}
 
 
 def record(n: int, ipam: str = "vnetdp-ipam") -> PodRecord:
@@ -28,11 +30,10 @@ def host(n: int) -> str:
 
 def healthy(*ns: int, nic_attach: str = "tc") -> R.Observed:
     """A node whose pods ``ns`` are all as ADD left them."""
+    hooks = NIC_PROGRAMS[nic_attach]
     o = R.Observed(nic_attach=nic_attach, programs=dict(IDS), build="b1", builds=["b1"],
-                   nic=R.Nic("eth0", 2, "xdp" if nic_attach == "xdp" else "ingress",
-                             "from_nic_xdp" if nic_attach == "xdp" else "from_nic",
-                             IDS["from_nic_xdp" if nic_attach == "xdp" else "from_nic"]),
-                   allocations=[], pins=[f"{'xdp' if nic_attach == 'xdp' else 'ingress'}-eth0"])
+                   nic=R.Nic("eth0", 2, {hook: IDS[prog] for hook, prog in hooks.items()}),
+                   allocations=[], pins=[f"{hook}-eth0" for hook in hooks])
     for n in ns:
         r = record(n)
         o.records.append(r)
@@ -94,10 +95,30 @@ def test_map_entries_that_disagree_with_the_live_veth_or_no_record_holds():
 def test_programs_of_another_build_are_stale_and_replaced_in_place():
     o = healthy(1)
     o.attachments[(host(1), "ingress")] = 77
-    o.nic = R.Nic("eth0", 2, "ingress", "from_nic", 78)
+    o.nic = R.Nic("eth0", 2, {"ingress": 78})
     assert kinds(o) == [("program-stale", host(1)), ("nic-program-stale", "eth0")]
-    o.nic = R.Nic("eth0", 2, "ingress", "from_nic", None, stray_hooks=("xdp",))
+    o.nic = R.Nic("eth0", 2, {"ingress": None, "xdp": 79})
     assert ("nic-program-missing", "eth0") in kinds(o) and ("nic-program-stray", "eth0") in kinds(o)
+
+
+def test_with_xdp_the_nic_carries_both_programs_and_each_hook_is_judged():
+    o = healthy(1, nic_attach="xdp")
+    assert o.nic.attached == {"ingress": IDS["from_nic"], "xdp": IDS["from_nic_xdp"]} and kinds(o) == []
+    o.nic.attached["ingress"] = None  # tc's from_nic gone behind XDP: shaped pods' frames go nowhere
+    [d] = R.differences(o)
+    assert (d.kind, d.subject, d.hook) == ("nic-program-missing", "eth0", "ingress")
+    assert d.detail == "from_nic is not attached at ingress of eth0" and "node configure" in d.repair
+    o.nic.attached.update(ingress=IDS["from_nic"], xdp=78)
+    [d] = R.differences(o)
+    assert (d.kind, d.hook) == ("nic-program-stale", "xdp") and "from_nic_xdp is 14" in d.detail
+
+
+def test_with_tc_a_program_at_xdp_is_stray():
+    o = healthy(1)
+    o.nic.attached["xdp"] = IDS["from_nic_xdp"]
+    o.pins.append("xdp-eth0")
+    [d] = R.differences(o)  # the pin goes with the program: no pin-stray besides
+    assert (d.kind, d.subject, d.hook, d.repair) == ("nic-program-stray", "eth0", "xdp", "detach it")
 
 
 def test_pods_whose_netns_and_veth_are_gone_are_deleted_unless_their_ipam_is_another_plugins():
@@ -134,7 +155,7 @@ def test_a_veth_missing_under_a_live_netns_is_recreated():
 
 def test_pins_no_record_or_veth_explains_are_strays_the_nic_pins_are_not():
     o = healthy(1)
-    o.nic = R.Nic("eth0.5", 2, "ingress", "from_nic", IDS["from_nic"])
+    o.nic = R.Nic("eth0.5", 2, {"ingress": IDS["from_nic"]})
     o.pins = ["ingress-eth0~5", f"ingress-{host(1)}", "egress-vnd00000000000", "ingress-vnd00000000000~new",
               "xdp-eth0~5", "garbage"]
     found = R.differences(o)

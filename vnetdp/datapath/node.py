@@ -42,7 +42,7 @@ class NodeSettings:
     local_switching: bool = True
     enable_snat: bool = True             # translate traffic leaving the VNet (SPEC §5 step 5)
     snat_ports: tuple[int, int] = (61000, 65535)  # outside Linux's default ephemeral range
-    nic_attach: str = "tc"               # "tc" or "xdp"
+    nic_attach: str = "tc"               # "tc" or "xdp" (in front of tc: see nic_hooks)
     allow_host_agent: bool = False       # pods may reach the host agent's wireserver ports
     allow_metadata: bool = False         # pods may reach the instance metadata service
     snat_flows_per_endpoint: int = 16384  # SNAT flows one pod may hold (0: no limit)
@@ -52,6 +52,16 @@ class NodeSettings:
     # run at the same hook.
     pod_attach_mode: str = "clsact"
     cflags: tuple[str, ...] = ()
+
+
+def nic_hooks(nic_attach: str) -> dict[str, str]:
+    """The NIC's programs by hook: from_nic at tc ingress, and with
+    nic_attach "xdp" from_nic_xdp in front of it, which passes on to tc
+    what it cannot finish (frames for a pod whose ingress a qdisc shapes)."""
+    hooks = {"ingress": "from_nic"}
+    if nic_attach == "xdp":
+        hooks["xdp"] = "from_nic_xdp"
+    return hooks
 
 
 @dataclass(frozen=True)
@@ -128,13 +138,18 @@ class Node:
         self._attach_nic(nic, ipr)
         return NodeState(nic, primary, cidrs, load)
 
+    def nic_hooks(self) -> dict[str, str]:
+        """The NIC's programs by hook, for this node's nic_attach (``nic_hooks``)."""
+        return nic_hooks(self.settings.nic_attach)
+
     def _attach_nic(self, nic: links.Link, ipr: IPRoute) -> None:
-        hook, other = ("xdp", "ingress") if self.settings.nic_attach == "xdp" else ("ingress", "xdp")
-        attach.detach(nic.index, other, self.bpffs.link_pin(nic.name, other), ipr)
-        prog = "from_nic_xdp" if hook == "xdp" else "from_nic"
-        fd = self.programs.prog_fd(prog)
-        try:
-            attach.attach(fd, nic.index, hook, self.bpffs.link_pin(nic.name, hook),
-                          self.settings.attach_mode, ipr)
-        finally:
-            os.close(fd)
+        hooks = self.nic_hooks()
+        if "xdp" not in hooks:
+            attach.detach(nic.index, "xdp", self.bpffs.link_pin(nic.name, "xdp"), ipr)
+        for hook, prog in hooks.items():
+            fd = self.programs.prog_fd(prog)
+            try:
+                attach.attach(fd, nic.index, hook, self.bpffs.link_pin(nic.name, hook),
+                              self.settings.attach_mode, ipr)
+            finally:
+                os.close(fd)

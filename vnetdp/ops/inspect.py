@@ -277,12 +277,16 @@ def _judge_nic(state: dict, node_settings: dict, endpoints: int, problems: list[
         (problems if endpoints else warnings).append(
             "the datapath has no node configuration yet (the first ADD writes it and attaches the NIC)")
         return
-    want = "xdp" if node_settings.get("nicAttach") == "xdp" else "ingress"
+    from vnetdp.datapath.node import nic_hooks
+
     hooks = {a["hook"]: a for a in state["attachments"]}
-    if want not in hooks:
-        problems.append(f"NIC program missing: nothing of vnetdp at {want} on {state['name'] or state['ifindex']}")
-    elif hooks[want]["program"] is None:
-        warnings.append(f"the NIC runs program id {hooks[want]['prog_id']}, not one of the pinned build")
+    for want in nic_hooks(node_settings.get("nicAttach") or "tc"):
+        if want not in hooks:
+            problems.append(f"NIC program missing: nothing of vnetdp at {want} on "
+                            f"{state['name'] or state['ifindex']}")
+        elif hooks[want]["program"] is None:
+            warnings.append(f"the NIC runs program id {hooks[want]['prog_id']} at {want}, "
+                            "not one of the pinned build")
 
 
 # --- pods and their counters ----------------------------------------------------------------

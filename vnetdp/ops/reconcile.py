@@ -5,10 +5,11 @@ What is compared: the pod records (what the network plugin created), the
 IPAM store's allocations (vnetdp-ipam's), the endpoint map, the host veths
 (``vnd`` + 11 hex digits) and link pins, the attachments (both pod programs
 on every recorded host veth, the pods' XDP pass programs when the NIC runs
-XDP, the NIC program) against the build the node runs, and the pinned
-builds. The records are the reference: a veth, pin, map entry or allocation
-no record explains is a stray; a record whose namespace and veth are both
-gone is a pod that was deleted without its DEL.
+XDP, the NIC's program at every hook ``nic_hooks`` names) against the build
+the node runs, and the pinned builds. The records are the reference: a
+veth, pin, map entry or allocation no record explains is a stray; a record
+whose namespace and veth are both gone is a pod that was deleted without
+its DEL.
 
 Three steps, apart so that the comparison is a pure function tested on
 fake inputs: ``observe`` reads everything into an ``Observed``,
@@ -28,13 +29,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from vnetdp import naming, plugins
+from vnetdp.datapath.node import nic_hooks
 from vnetdp.endpoint import POD_PROGRAMS as POD_HOOKS
 from vnetdp.endpoint import POD_XDP_HOOK
 from vnetdp.ipam.store import Allocation
 from vnetdp.network.records import PodRecord
 
 IPv4 = ipaddress.IPv4Address
-NIC_HOOKS = ("ingress", "xdp")
+NIC_HOOKS = ("ingress", "xdp")   # every hook the NIC may carry a program of vnetdp's at
 #: endpoint.check problems that a finer difference below already reports
 COVERED_PROBLEMS = ("datapath has no endpoint entry", "is not attached to", "host interface")
 GC_LOCK = "gc.lock"   # the network plugin's (vnetdp.network.commands): GC and reconcile run alone
@@ -62,10 +64,7 @@ class MapEntry:
 class Nic:
     name: str
     index: int
-    hook: str                   # where the node settings put its program
-    program: str                # from_nic or from_nic_xdp
-    prog_id: int | None         # what vnetdp has attached there (None: nothing)
-    stray_hooks: tuple[str, ...] = ()  # the other NIC hook, if something of vnetdp's is there
+    attached: dict[str, int | None]  # NIC hook -> what vnetdp has attached there (None or absent: nothing)
 
 
 @dataclass
@@ -209,6 +208,7 @@ def differences(o: Observed) -> list[Difference]:
         add(Difference("veth-stray", name, f"host veth {name} (ifindex {o.veths[name].index}): no record",
                        "delete it with its pins and map entry"))
     recorded_addresses = {r.address for r in o.records}
+    wanted = nic_hooks(o.nic_attach)  # NIC hook -> its program
     nic_pin = o.nic.name.replace(".", "~") if o.nic else None  # as Bpffs.link_pin spells it
     for pin in sorted(o.pins):
         hook, _, name = pin.partition("-")
@@ -216,9 +216,9 @@ def differences(o: Observed) -> list[Difference]:
             if name not in keep and name not in o.veths:
                 add(Difference("pin-stray", pin, f"link pin {pin}: no record, no veth", "unpin it"))
         elif hook in NIC_HOOKS and not naming.is_host_ifname(name) and (o.nic is None or name == nic_pin):
-            if o.nic is not None and hook != o.nic.hook and hook not in o.nic.stray_hooks:
-                add(Difference("pin-stray", pin, f"link pin {pin}: the NIC's program belongs at {o.nic.hook}",
-                               "detach and unpin it", hook=hook))
+            if o.nic is not None and hook not in wanted and o.nic.attached.get(hook) is None:
+                add(Difference("pin-stray", pin, f"link pin {pin}: the NIC's programs belong at "
+                                                 + " and ".join(wanted), "detach and unpin it", hook=hook))
         else:
             add(Difference("pin-stray", pin, f"link pin {pin}: no NIC or pod hook of this node's",
                            "unpin it"))
@@ -234,19 +234,21 @@ def differences(o: Observed) -> list[Difference]:
     if o.nic_error:
         add(Difference("nic-missing", "nic", o.nic_error, None))
     elif o.nic is not None and o.build is not None:
-        want = o.programs.get(o.nic.program)
-        if o.nic.prog_id is None:
-            add(Difference("nic-program-missing", o.nic.name, f"{o.nic.program} is not attached at "
-                                                              f"{o.nic.hook} of {o.nic.name}",
-                           f"attach {o.nic.program} (node configure)"))
-        elif want is not None and o.nic.prog_id != want:
-            add(Difference("nic-program-stale", o.nic.name,
-                           f"{o.nic.name} {o.nic.hook} runs program id {o.nic.prog_id}, the current build's "
-                           f"{o.nic.program} is {want}", "replace it in place (node configure)"))
-        for hook in o.nic.stray_hooks:
-            add(Difference("nic-program-stray", o.nic.name, f"{o.nic.name} {hook}: a program of vnetdp's is "
-                                                            f"attached where the node settings put none",
-                           "detach it", hook=hook))
+        nic = o.nic.name
+        for hook, prog in wanted.items():
+            have, want = o.nic.attached.get(hook), o.programs.get(prog)
+            if have is None:
+                add(Difference("nic-program-missing", nic, f"{prog} is not attached at {hook} of {nic}",
+                               f"attach {prog} (node configure)", hook=hook))
+            elif want is not None and have != want:
+                add(Difference("nic-program-stale", nic,
+                               f"{nic} {hook} runs program id {have}, the current build's {prog} is {want}",
+                               "replace it in place (node configure)", hook=hook))
+        for hook, have in o.nic.attached.items():
+            if hook not in wanted and have is not None:
+                add(Difference("nic-program-stray", nic, f"{nic} {hook}: a program of vnetdp's is "
+                                                         f"attached where the node settings put none",
+                               "detach it", hook=hook))
 
     # IPAM
     if o.allocations is None:
@@ -357,12 +359,9 @@ def observe(node, state_dir: str) -> Observed:
         except Exception as e:  # NodeSetupError: no such NIC, no default route
             o.nic_error = str(e)
         else:
-            hook = "xdp" if o.nic_attach == "xdp" else "ingress"
-            found = attach.attached(nic.index, hook, node.bpffs.link_pin(nic.name, hook), ipr)
-            other = "ingress" if hook == "xdp" else "xdp"
-            stray = attach.attached(nic.index, other, node.bpffs.link_pin(nic.name, other), ipr)
-            o.nic = Nic(nic.name, nic.index, hook, "from_nic_xdp" if hook == "xdp" else "from_nic",
-                        found.prog_id if found else None, (other,) if stray else ())
+            found = {hook: attach.attached(nic.index, hook, node.bpffs.link_pin(nic.name, hook), ipr)
+                     for hook in NIC_HOOKS}
+            o.nic = Nic(nic.name, nic.index, {hook: a.prog_id if a else None for hook, a in found.items()})
     if o.build is not None and o.maps_pinned and not o.maps_error:
         for r in o.records:
             name = _host(r)

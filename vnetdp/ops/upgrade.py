@@ -130,8 +130,8 @@ def hooks(node: Node, ipr: IPRoute) -> list[Hook]:
     host veth, and the pods' XDP pass programs (pinned links)."""
     found = []
     nic = node.nic(ipr)
-    hook, program = ("xdp", "from_nic_xdp") if node.settings.nic_attach == "xdp" else ("ingress", "from_nic")
-    found.append(Hook(nic.name, nic.index, hook, node.bpffs.link_pin(nic.name, hook), program))
+    for hook, program in node.nic_hooks().items():
+        found.append(Hook(nic.name, nic.index, hook, node.bpffs.link_pin(nic.name, hook), program))
     for link in sorted(ipr.get_links(), key=lambda m: m.get_attr("IFLA_IFNAME")):
         name = link.get_attr("IFLA_IFNAME")
         if is_host_ifname(name):
