@@ -5,9 +5,9 @@
  * traffic beyond the VNet source-translated to the primary IP, and the
  * host's own addresses, and replies in flows the host stack delivered, to
  * the host stack. Tagged frames, malformed packets and destinations no pod
- * may reach are dropped first. Pods' rate limits police what a pod sends,
- * wherever it goes, and what a pod on this node receives from another
- * (lib/bandwidth.h).
+ * may reach are dropped first. A pod's egress rate polices what it sends,
+ * wherever it goes; a pod on this node with an ingress rate receives through
+ * its host veth's qdisc (lib/bandwidth.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -126,62 +126,35 @@ static __always_inline void to_outside(struct vnd_pkt *p, struct ethhdr *eth, st
 }
 
 /*
- * Steps 3 to 5: to a pod on this node, to the VNet, or beyond it. The
- * receiver's limits when it is a pod on this node that has any, else NULL.
+ * Steps 3 to 5: to a pod on this node (through its host veth's qdisc when
+ * it has an ingress rate), to the VNet, or beyond it.
  */
-static __always_inline struct vnd_bandwidth *
-to_destination(struct vnd_pkt *p, struct ethhdr *eth, struct iphdr *ip,
-	       const struct vnd_node *node, __u8 dest, struct vnd_verdict *v)
+static __always_inline void to_destination(struct vnd_pkt *p, struct ethhdr *eth, struct iphdr *ip,
+					   const struct vnd_node *node, __u8 dest, struct vnd_verdict *v)
 {
 	struct vnd_endpoint *dst = vnd_endpoints.lookup(&ip->daddr);
 
 	if (dst && (node->flags & VND_NODE_LOCAL_SWITCHING)) {
-		forward_ipv4(eth, ip, dst->host_mac, dst->pod_mac, VND_HOW_PEER, dst->ifindex,
-			     VND_FWD_LOCAL, v);
-		return bandwidth_of(dst, ip->daddr);
+		if (bandwidth_ingress_shaped(dst, ip->daddr))
+			forward_ipv4(eth, ip, dst->host_mac, dst->pod_mac, VND_HOW_POD_QDISC, dst->ifindex,
+				     VND_FWD_LOCAL_SHAPED, v);
+		else
+			forward_ipv4(eth, ip, dst->host_mac, dst->pod_mac, VND_HOW_PEER, dst->ifindex,
+				     VND_FWD_LOCAL, v);
+		return;
 	}
 	if (dst || dest == VND_DEST_VNET) {
 		to_fabric(node, eth, ip, v, VND_FWD_VNET);
-		return NULL;
+		return;
 	}
 	to_outside(p, eth, ip, node, v);
-	return NULL;
-}
-
-/*
- * A packet on its way (v) against the sender's egress limit, then, into a
- * pod on this node, the receiver's ingress limit: a drop the receiver's
- * limit makes is counted for the receiver, as what it did not get.
- */
-static __always_inline void police(const struct vnd_pkt *p, struct vnd_bandwidth *src_bw,
-				   struct vnd_bandwidth *dst_bw, struct vnd_verdict *v)
-{
-	int err;
-
-	if (v->how == VND_HOW_DROP)
-		return;
-	if (src_bw) {
-		err = bandwidth_police(&src_bw->egress, pkt_len(p));
-		if (err) {
-			verdict_drop(v, err);
-			return;
-		}
-	}
-	if (dst_bw) {
-		err = bandwidth_police(&dst_bw->ingress, pkt_len(p));
-		if (err) {
-			v->metric_ifindex = v->ifindex;
-			v->dir = VND_DIR_TO_POD;
-			verdict_drop(v, err);
-		}
-	}
 }
 
 static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v)
 {
 	struct ethhdr *eth = pkt_data(p);
 	struct iphdr *ip = ipv4_header(eth, pkt_end(p));
-	struct vnd_bandwidth *src_bw, *dst_bw = NULL;
+	struct vnd_bandwidth *src_bw;
 	struct vnd_endpoint *src;
 	struct vnd_flow_key flow;
 	struct vnd_node *node;
@@ -214,8 +187,12 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 		 !host_flow_key(p, ip, ip->saddr, ip->daddr, 1, &flow) && vnd_host_flows.lookup(&flow))
 		verdict_set(v, VND_HOW_PASS, 0, VND_FWD_HOST_FLOW);
 	else
-		dst_bw = to_destination(p, eth, ip, node, dest, v);
-	police(p, src_bw, dst_bw, v);
+		to_destination(p, eth, ip, node, dest, v);
+	if (src_bw && v->how != VND_HOW_DROP) {
+		err = bandwidth_police(&src_bw->egress, pkt_len(p));
+		if (err)
+			verdict_drop(v, err);
+	}
 }
 
 int from_container(struct __sk_buff *skb)

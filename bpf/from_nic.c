@@ -3,8 +3,8 @@
  * SPEC §5 "From the NIC". Frames for a local pod go straight into it,
  * replies of translated flows (their fragments, and ICMP errors about them)
  * are translated back and go into their pod; all else reaches the host
- * stack untouched. A pod's ingress rate limit polices what goes into it
- * (lib/bandwidth.h).
+ * stack untouched. Frames for a pod with an ingress rate go through its
+ * host veth instead, whose qdisc keeps the rate (lib/bandwidth.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -34,8 +34,9 @@ static __always_inline int nic_reverse_snat(struct vnd_pkt *p, struct iphdr *ip,
 
 static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
 {
+	__u32 nic = v->metric_ifindex;
 	struct ethhdr *eth = pkt_data(p);
-	struct vnd_bandwidth *bw;
+	__u8 how = VND_HOW_PEER;
 	struct vnd_endpoint *ep;
 	struct iphdr *ip;
 	int reason;
@@ -71,13 +72,21 @@ static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
 		if (!ip)
 			return;
 	}
-	bw = bandwidth_of(ep, ip->daddr);
-	forward_ipv4(eth, ip, ep->host_mac, ep->pod_mac, VND_HOW_PEER, ep->ifindex, reason, v);
-	if (bw && v->how != VND_HOW_DROP) {
-		reason = bandwidth_police(&bw->ingress, pkt_len(p));
-		if (reason)
-			verdict_drop(v, reason);
+	if (bandwidth_ingress_shaped(ep, ip->daddr)) {
+		if (p->is_xdp) {
+			/* Up to tc ingress (from_nic), translated but with its TTL
+			 * and MACs left to tc. Counted for the NIC: the pod's
+			 * count is tc's. */
+			v->metric_ifindex = nic;
+			v->dir = VND_DIR_NIC;
+			verdict_set(v, VND_HOW_PASS, 0, VND_PASS_XDP_SHAPED);
+			return;
+		}
+		how = VND_HOW_POD_QDISC;
+		if (reason == VND_FWD_TO_POD)
+			reason = VND_FWD_TO_POD_SHAPED;
 	}
+	forward_ipv4(eth, ip, ep->host_mac, ep->pod_mac, how, ep->ifindex, reason, v);
 }
 
 int from_nic(struct __sk_buff *skb)

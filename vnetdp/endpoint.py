@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from vnetdp import links, netns
+from vnetdp import links, netns, shaping
 from vnetdp.naming import host_ifname, is_host_ifname
 from vnetdp.datapath import attach, snat
 from vnetdp.datapath import maps as M
@@ -31,9 +31,9 @@ POD_GATEWAY = ipaddress.IPv4Address("169.254.1.1")
 Phase = Callable[[str], contextlib.AbstractContextManager]  # times a named step
 POD_XDP_HOOK = "podxdp"  # pin name part of the pod end's XDP link
 POD_PROGRAMS = {"ingress": "from_container", "egress": "to_container"}
-#: qdiscs a host veth may carry: its default, vnetdp's hooks, the pacing of a
+#: qdiscs a host veth may carry: its default, vnetdp's hooks, the shaper of a
 #: pod's ingress rate; anything else is bypassed by the datapath.
-OWN_QDISCS = {"noqueue", "clsact", "fq"}  # on the host end, by hook
+OWN_QDISCS = {"noqueue", "clsact", shaping.KIND}
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,14 @@ def _setup_pod_side(ifname: str, address: ipaddress.IPv4Address, host_mac: str, 
         return pod.mac
 
 
+def _shape_pod_side(ifname: str, bandwidth: M.Bandwidth) -> None:
+    """The pod's egress rate on its own end (inside the pod's namespace),
+    where its sockets feel the queue."""
+    with IPRoute() as ipr:
+        shaping.shape(ipr, links.get_link(ipr, ifname).index, bandwidth.egress_bytes_per_s,
+                      bandwidth.egress_burst_bytes)
+
+
 def _untimed(name: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
@@ -88,6 +96,8 @@ def add(node: Node, container_id: str, netns_path: str, ifname: str,
             undo.callback(links.delete_link, ipr, name)
             with netns.enter_fd(pod_ns, netns_path):
                 pod_mac = _setup_pod_side(ifname, address, host.mac, mtu)
+                if bandwidth is not None and bandwidth.egress_bytes_per_s:
+                    _shape_pod_side(ifname, bandwidth)
                 if node.settings.nic_attach == "xdp":
                     undo.callback(attach.detach, None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
                     attach_pod_xdp(node, ifname, name)
@@ -107,6 +117,8 @@ def add_host_side(node: Node, ipr: IPRoute, host: links.Link, address: ipaddress
     moves into the container itself) share it."""
     with phase("veth"):
         links.route_host(ipr, address, host, pod_mac)
+        if bandwidth is not None and bandwidth.ingress_bytes_per_s:
+            shaping.shape(ipr, host.index, bandwidth.ingress_bytes_per_s, bandwidth.ingress_burst_bytes)
         with node.maps() as m:
             undo.callback(_forget, node, address, host.index)
             if bandwidth is not None and bandwidth.limited:
@@ -227,6 +239,7 @@ def check_host_side(node: Node, ipr: IPRoute, name: str, address: ipaddress.IPv4
         problems.append(f"datapath has no endpoint entry for {address} on {name}")
     if bandwidth is not None and ep is not None and not _same_rates(limits, bandwidth):
         problems.append(f"bandwidth limits are {limits or 'none'} in the datapath, {bandwidth} asked")
+    problems += shaping.problems(ipr, host.index, name, limits.ingress_bytes_per_s if limits else 0, "ingress")
     for hook, prog in POD_PROGRAMS.items():
         fd = node.programs.prog_fd(prog)
         try:
@@ -250,9 +263,12 @@ def check(node: Node, container_id: str, ifname: str, netns_path: str,
         return problems
     with node.maps() as m:
         ep = m.endpoint(address)
+        limits = m.bandwidth(address) if ep is not None and ep.flags & M.EP_BANDWIDTH else None
     try:
         with netns.enter(netns_path), IPRoute() as ipr:
             pod = links.get_link(ipr, ifname)
+            problems += shaping.problems(ipr, pod.index, ifname, limits.egress_bytes_per_s if limits else 0,
+                                         "egress")
             if address not in [a.ip for a in links.ipv4_interfaces(ipr, pod.index)]:
                 problems.append(f"{ifname} in {netns_path} lacks {address}")
             if ep is not None and ep.pod_mac != pod.mac:

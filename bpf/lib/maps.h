@@ -52,12 +52,14 @@ struct vnd_endpoint {
 	__u32 flags;            /* VND_EP_*: HOST_FLOWS set by the datapath, BANDWIDTH by the control plane */
 };
 
-/* One direction of a pod's rate limit, policed by GCRA (lib/bandwidth.h): a
- * packet passes while next_ns lies at most burst_ns ahead of now. */
+/* One direction of a pod's rate limit (lib/bandwidth.h): ingress steers the
+ * pod's traffic through its host veth's qdisc when bytes_per_s is set;
+ * egress is also policed by GCRA, a packet passing while next_ns lies at
+ * most 2 * burst_ns ahead of now. */
 struct vnd_rate {
 	__u64 bytes_per_s;      /* 0: unlimited */
-	__u64 burst_ns;         /* the tolerance: the burst in bytes, as time at bytes_per_s */
-	__u64 next_ns;          /* the theoretical arrival time (bpf_ktime_get_ns()); the datapath advances it */
+	__u64 burst_ns;         /* the shaper's burst in bytes, as time at bytes_per_s */
+	__u64 next_ns;          /* egress: the theoretical arrival time (bpf_ktime_get_ns()); the datapath advances it */
 };
 
 /* A pod's rate limits, keyed by its IPv4 address (network order); read only

@@ -20,6 +20,9 @@ enum vnd_reason {
 	VND_FWD_SNAT_ICMP_ERROR = 10, /* from the NIC: ICMP error quoting a translated packet, into its pod */
 	VND_FWD_HOST_FLOW = 11,     /* pod's reply in a flow the host stack delivered (e.g. DNAT): back to the host */
 	VND_FWD_SNAT_FRAGMENT = 12, /* later fragment of a translated datagram, its address rewritten as its first fragment's */
+	VND_FWD_LOCAL_SHAPED = 13,  /* pod to a pod on the same host with an ingress rate: through the receiver's host veth and its qdisc */
+	VND_FWD_TO_POD_SHAPED = 14, /* from the NIC into a pod with an ingress rate (reverse-translated replies too): through its host veth and its qdisc */
+	VND_PASS_XDP_SHAPED = 15,   /* at XDP, for a pod with an ingress rate: on to tc ingress, which can reach the pod's qdisc */
 	VND_DROP_SPOOF_IP = 64,     /* source IPv4 is not the endpoint's */
 	VND_DROP_SPOOF_MAC = 65,    /* source MAC is not the endpoint's */
 	VND_DROP_MALFORMED = 66,    /* truncated or invalid header */
@@ -34,7 +37,7 @@ enum vnd_reason {
 	VND_DROP_HOST_AGENT = 75,   /* to the cloud host agent (168.63.129.16 TCP 80, 32526) from a pod, not allowed on this node */
 	VND_DROP_METADATA = 76,     /* to the instance metadata service 169.254.169.254 from a pod, not allowed on this node */
 	VND_DROP_SNAT_QUOTA = 77,   /* the pod has as many translated flows as the node allows one pod */
-	VND_DROP_RATE_LIMIT = 78,   /* above the pod's bandwidth limit: policed */
+	VND_DROP_RATE_LIMIT = 78,   /* above the pod's egress rate, which its own qdisc should have kept: policed */
 };
 
 #define VND_DROP_MIN 64

@@ -17,7 +17,17 @@ enum vnd_how {
 	VND_HOW_PASS = 1,       /* to the host stack */
 	VND_HOW_EGRESS = 2,     /* bpf_redirect(): out of ifindex */
 	VND_HOW_PEER = 3,       /* bpf_redirect_peer(): into ifindex's peer */
+	VND_HOW_POD_QDISC = 4,  /* bpf_redirect(), marked: out of a pod's host veth, through its qdisc */
 };
+
+/*
+ * skb->mark of the packets the datapath itself sends out of a pod's host
+ * veth (VND_HOW_POD_QDISC): to_container, on that hook, tells them from the
+ * host stack's deliveries by it, and clears it. Nothing between the
+ * redirect and to_container reads marks (no routing, no netfilter), and the
+ * pod never sees it: crossing into the pod's namespace scrubs it.
+ */
+#define VND_MARK_FORWARDED 0x766e6470   /* "vndp" */
 
 struct vnd_verdict {
 	__u32 ifindex;          /* redirect target */
@@ -68,7 +78,7 @@ static __always_inline void monitor_verdict(const struct vnd_pkt *p, const struc
 		return;
 	e = (struct vnd_event){
 		.ifindex = v->metric_ifindex,
-		.out_ifindex = v->how == VND_HOW_EGRESS || v->how == VND_HOW_PEER ? v->ifindex : 0,
+		.out_ifindex = v->how >= VND_HOW_EGRESS ? v->ifindex : 0,
 		.len = len,
 		.hook = v->hook,
 		.dir = v->dir,
@@ -102,7 +112,21 @@ static __always_inline int tc_finish(struct __sk_buff *skb, const struct vnd_ver
 		return bpf_redirect(v->ifindex, 0);
 	if (v->how == VND_HOW_PEER)
 		return bpf_redirect_peer(v->ifindex, 0);
+	if (v->how == VND_HOW_POD_QDISC) {
+		skb->mark = VND_MARK_FORWARDED;
+		return bpf_redirect(v->ifindex, 0);
+	}
 	return TC_ACT_SHOT;
+}
+
+/* Whether the datapath sent this packet out of this pod's host veth
+ * (VND_HOW_POD_QDISC); the mark goes. */
+static __always_inline int tc_take_forwarded(struct __sk_buff *skb)
+{
+	if (skb->mark != VND_MARK_FORWARDED)
+		return 0;
+	skb->mark = 0;
+	return 1;
 }
 
 static __always_inline int xdp_finish(struct xdp_md *ctx, const struct vnd_verdict *v)
@@ -114,7 +138,8 @@ static __always_inline int xdp_finish(struct xdp_md *ctx, const struct vnd_verdi
 	trace_redirect(v);
 	if (v->how == VND_HOW_PASS)
 		return XDP_PASS;
-	/* XDP has no peer redirect: transmitting on a veth delivers to its peer. */
+	/* XDP has no peer redirect: transmitting on a veth delivers to its peer.
+	 * Nor a qdisc: nic_handle() passes shaped pods' frames on to tc. */
 	if (v->how == VND_HOW_EGRESS || v->how == VND_HOW_PEER)
 		return bpf_redirect(v->ifindex, 0);
 	return XDP_DROP;

@@ -11,7 +11,7 @@ from vnetdp.datapath import maps as M
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
-HOW = {0: "drop", 1: "pass", 2: "egress", 3: "peer"}
+HOW = {0: "drop", 1: "pass", 2: "egress", 3: "peer", 4: "qdisc"}
 SNAT_TABLE_SIZE = 64  # entries in the test build: small enough to fill
 
 # The test node: ifindex 1 (lo) is the pod veth the frames arrive on.

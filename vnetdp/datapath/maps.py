@@ -173,9 +173,10 @@ class Endpoint:
 
 
 NSEC_PER_SEC = 1_000_000_000
-BURST_DEFAULT_NS = 20_000_000   # a burst of 0: the rate for 20 ms ...
-BURST_DEFAULT_MIN = 64 * 1024   # ... but at least 64 KiB
-BURST_MAX_NS = NSEC_PER_SEC     # at most the rate for 1 s
+BURST_DEFAULT_NS = 20_000_000   # a burst of 0: the rate for 20 ms
+BURST_MAX_NS = NSEC_PER_SEC     # at most the rate for 1 s ...
+BURST_MIN = 64 * 1024           # ... but at least 64 KiB, the largest (GSO) packet
+RATE_MAX = 2**32 - 1            # bytes/s: tbf's 32-bit rate (34 Gbit/s)
 
 
 def _bits_to_bytes(bits: int) -> int:
@@ -188,9 +189,8 @@ def _burst(rate: int, burst: int) -> int:
     ``burst`` asked (0: the default): 0 for an unlimited direction."""
     if not rate:
         return 0
-    if not burst:
-        burst = max(-(-rate * BURST_DEFAULT_NS // NSEC_PER_SEC), BURST_DEFAULT_MIN)
-    return min(burst, rate * BURST_MAX_NS // NSEC_PER_SEC)
+    burst = burst or -(-rate * BURST_DEFAULT_NS // NSEC_PER_SEC)
+    return max(min(burst, rate * BURST_MAX_NS // NSEC_PER_SEC), BURST_MIN)
 
 
 def _burst_ns(rate: int, burst: int) -> int:
@@ -207,20 +207,20 @@ def _burst_bytes(rate: int, burst_ns: int) -> int:
 class Bandwidth:
     """A pod's rate limits in bytes per second, 0 meaning unlimited, and the
     bursts they allow, in bytes: egress is what the pod sends, ingress what it
-    receives. The datapath polices each limited direction (bpf/lib/bandwidth.h,
-    a GCRA: a pod idle long enough may send its burst at once, then its rate;
-    what is above is dropped); it reads them only for an endpoint flagged
-    EP_BANDWIDTH.
+    receives. tbf qdiscs keep them (vnetdp/shaping.py: a pod idle long enough
+    may send its burst at once, then its rate; what is above waits in a
+    queue); the datapath steers a pod's ingress through its qdisc and
+    polices its egress behind the pod's own shaper (bpf/lib/bandwidth.h),
+    reading them only for an endpoint flagged EP_BANDWIDTH.
 
     The bursts are settled on construction, so what is written is what
-    reads back. A burst of 0 is the default, max(rate x 20 ms, 64 KiB):
-    policing drops rather than queues, and TCP reaches a rate only with a
-    window's worth of tolerance, about one round trip at the rate (20 ms
-    covers a region's round trips; 64 KiB a slow rate's initial windows). A
-    burst, asked or default, is at most the rate for 1 s: the Kubernetes
-    bandwidth annotations give none, and runtimes pass zero or huge values
-    (a tolerance of minutes would let an idle pod flood at line rate). An
-    unlimited direction's burst is 0."""
+    reads back. A burst of 0 is the default, the rate for 20 ms (about a
+    round trip in a region). A burst, asked or default, is at most the rate
+    for 1 s (the Kubernetes bandwidth annotations give none, and runtimes
+    pass zero or huge values: a bucket of minutes would let an idle pod
+    flood at line rate), and at least 64 KiB, the largest packet the stack
+    hands a qdisc (tbf drops a packet larger than its bucket). An unlimited
+    direction's burst is 0. Rates are at most RATE_MAX, tbf's."""
 
     egress_bytes_per_s: int = 0
     ingress_bytes_per_s: int = 0
@@ -232,6 +232,10 @@ class Bandwidth:
             value = getattr(self, name)
             if type(value) is not int or value < 0:
                 raise ValueError(f"Bandwidth.{name} must be a whole number >= 0, not {value!r}")
+        for name in ("egress_bytes_per_s", "ingress_bytes_per_s"):
+            if getattr(self, name) > RATE_MAX:
+                raise ValueError(f"Bandwidth.{name} must be at most {RATE_MAX} bytes/s "
+                                 f"({RATE_MAX * 8} bits/s), not {getattr(self, name)}")
         object.__setattr__(self, "egress_burst_bytes", _burst(self.egress_bytes_per_s, self.egress_burst_bytes))
         object.__setattr__(self, "ingress_burst_bytes", _burst(self.ingress_bytes_per_s, self.ingress_burst_bytes))
 

@@ -84,7 +84,10 @@ def _bandwidth(conf: dict) -> Bandwidth | None:
         if type(value) is not int or value < 0:
             raise _invalid(f"runtimeConfig.bandwidth.{name}", f"must be a whole number >= 0, not {value!r}")
         values.append(value)
-    return Bandwidth.from_bits(*values)
+    try:
+        return Bandwidth.from_bits(*values)
+    except ValueError as e:  # a rate beyond what the shaper can keep
+        raise _invalid("runtimeConfig.bandwidth", str(e)) from None
 
 
 def parse(conf: dict) -> NetConf:
