@@ -3,6 +3,8 @@ network and IPAM driver (``vnetdp docker-plugin``): networks, containers that
 reach each other, the peer VM, a CNI pod and the internet through vnetdp's
 datapath; --ip; the exhausted pool as ``docker run`` prints it; docker rm and
 network rm releasing everything; the plugin killed and restarted under a
+container's ping; dockerd stopped or killed and started again (its containers
+back on the network it kept), and with --live-restore restarted under a
 container's ping; XDP on the NIC.
 
 dockerd, the plugin, the busybox image and teardown (also after a failure)
@@ -17,18 +19,23 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 
 import pytest
 
 from vnetdp import naming, netns
 from vnetdp.datapath.reasons import describe
+from vnetdp.docker.records import NetworkRecords
 from vnetdp.ipam.store import DOCKER, Store
 from vnetdp.lab import observe
 from vnetdp.lab import plan as P
 from vnetdp.lab.docker import IMAGE, NETWORK, DockerNode, etc_docker_mountpoint, teardown
 from vnetdp.lab.docker import docker_cli as _docker_cli
+from vnetdp.lab.probe import ping_result
 from vnetdp.lab.shell import run
 from vnetdp.network.records import PodRecords
+
+RESTART_NETWORK = f"{NETWORK}-restart"
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +107,74 @@ def veth_counters(lab, vm, index: int) -> collections.Counter:
         return total
 
 
-def map_has(lab, vm, address: str) -> bool:
+def map_index(lab, vm, address: str) -> int | None:
+    """The host veth's ifindex the endpoints map has for ``address`` (None: no entry)."""
     with netns.enter(vm.ns), lab.node(vm).maps() as m:
-        return m.endpoint(address) is not None
+        entry = m.endpoint(address)
+        return entry.ifindex if entry is not None else None
+
+
+@dataclass(frozen=True)
+class Held:
+    """A container's endpoint as the node holds it."""
+    endpoint_id: str
+    address: str
+    ifindex: int   # its host veth's
+
+
+def in_place(lab, node: DockerNode, name: str) -> Held:
+    """Container ``name``'s endpoint, checked complete on the node: its
+    address Docker's for it in the store, its pod record, its host veth and
+    the endpoints map entry pointing at that veth."""
+    endpoint_id, address = node.endpoint_id(name), node.address(name)
+    held = Held(endpoint_id, address, ifindex(node.vm, naming.host_ifname(endpoint_id, "eth0")))
+    assert docker_allocations(lab, node.vm).get(address) == endpoint_id, (name, held)
+    assert [r.address for r in docker_records(lab, node.vm) if r.container_id == endpoint_id] == [address]
+    assert map_index(lab, node.vm, address) == held.ifindex, (name, held)
+    return held
+
+
+def left_of(lab, vm, held: Held) -> list[str]:
+    """What the node still holds of endpoint ``held`` (empty: all released;
+    its address may be a newer endpoint's by now)."""
+    left = []
+    if docker_allocations(lab, vm).get(held.address) == held.endpoint_id:
+        left.append(f"{held.address} allocated")
+    if any(r.container_id == held.endpoint_id for r in docker_records(lab, vm)):
+        left.append("its pod record")
+    if naming.host_ifname(held.endpoint_id, "eth0") in links_of(vm):
+        left.append("its host veth")
+    if map_index(lab, vm, held.address) == held.ifindex:
+        left.append("its endpoints map entry")
+    return left
+
+
+def wait_status(node: DockerNode, name: str, status: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while (now := node.status(name)) != status:
+        assert time.monotonic() < deadline, f"{name} is {now}, not {status}\n{node.log_tail()}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def restart_network(dockers):
+    """A vnetdp network of the test's own on VM 1, gone afterwards (also after a failure)."""
+    vm1 = dockers[0]
+    vm1.create_network(RESTART_NETWORK)
+    yield RESTART_NETWORK
+    ids = vm1.docker("ps", "-aq", "--filter", f"network={RESTART_NETWORK}", check=False).stdout.split()
+    if ids:
+        vm1.docker("rm", "-f", *ids, check=False)
+    vm1.docker("network", "rm", RESTART_NETWORK, check=False)
+
+
+@pytest.fixture
+def live_restore(dockers):
+    """VM 1's dockerd restarted with --live-restore for the test, without it afterwards."""
+    vm1 = dockers[0]
+    vm1.restart(live_restore=True)
+    yield vm1
+    vm1.restart(live_restore=False)
 
 
 # --- tests --------------------------------------------------------------------------------
@@ -192,16 +264,14 @@ def test_rm_and_network_rm_release_everything(lab, dockers):
                f"{NETWORK}-2")
     vm1.docker("run", "-d", "--name", "r1", "--network", f"{NETWORK}-2", "--security-opt", "apparmor=unconfined",
                IMAGE, "sleep", "600")
-    endpoint_id, address = vm1.endpoint_id("r1"), vm1.address("r1")
-    host = naming.host_ifname(endpoint_id, "eth0")
-    assert host in links_of(vm1.vm) and map_has(lab, vm1.vm, address)
-    assert docker_allocations(lab, vm1.vm) == {address: endpoint_id}
+    held = in_place(lab, vm1, "r1")
+    assert docker_allocations(lab, vm1.vm) == {held.address: held.endpoint_id}
     vm1.docker("rm", "-f", "r1")
     assert docker_allocations(lab, vm1.vm) == {} and docker_records(lab, vm1.vm) == []
-    assert host not in links_of(vm1.vm) and not map_has(lab, vm1.vm, address)
+    assert not left_of(lab, vm1.vm, held)
     network_id = vm1.docker("network", "inspect", "-f", "{{.Id}}", f"{NETWORK}-2").stdout.strip()
     vm1.docker("network", "rm", f"{NETWORK}-2")
-    assert not os.path.exists(os.path.join(lab.plan.state_dir(vm1.vm), "docker", "networks", f"{network_id}.json"))
+    assert NetworkRecords(lab.plan.state_dir(vm1.vm)).get(network_id) is None
     assert docker_allocations(lab, vm1.vm) == {}
 
 
@@ -226,10 +296,81 @@ def test_the_plugin_killed_and_restarted_loses_no_reply_and_carries_on(lab, dock
             ping.wait()
     assert f"{count} packets transmitted, {count} packets received" in out, out
     # the endpoint made before the kill is cleaned up by the new plugin
-    address, endpoint_id = vm1.address("pinger"), vm1.endpoint_id("pinger")
+    held = in_place(lab, vm1, "pinger")
     vm1.docker("rm", "-f", "pinger", "after")
     assert docker_allocations(lab, vm1.vm) == {}
-    assert naming.host_ifname(endpoint_id, "eth0") not in links_of(vm1.vm) and not map_has(lab, vm1.vm, address)
+    assert not left_of(lab, vm1.vm, held)
+
+
+def test_a_restarted_dockerd_brings_its_containers_back_on_the_network_it_kept(lab, dockers, restart_network):
+    """dockerd without --live-restore stopped as systemd stops it (its
+    containers stopped, their endpoints released: Leave, DeleteEndpoint,
+    ReleaseAddress), then started again. (A killed dockerd is not run here:
+    in the lab its managed containerd then never starts again, "timeout
+    waiting for containerd to start"; the calls a restarted dockerd makes for
+    a crash's stale sandboxes are replayed against the driver in
+    tests/unit/test_docker_network.py.)
+    Docker 20.10 sends no CreateNetwork for a remote driver's network when it
+    starts: it has the network in its own store (libnetwork's controller New
+    populates only host and null networks again, and replays IPAM requests
+    only for drivers with RequiresRequestReplay, which vnetdp's is not). The
+    --restart always container comes back on a new endpoint, the other one
+    with docker start; both reach the peer and each other on the network the
+    plugin knows from its record, and docker rm and network rm leave nothing."""
+    vm1 = dockers[0]
+    network_id = vm1.network_id(restart_network)
+    vm1.run_container("always", "--restart", "always", "--stop-timeout", "1", network=restart_network)
+    vm1.run_container("manual", "--stop-timeout", "1", network=restart_network)
+    before = {name: in_place(lab, vm1, name) for name in ("always", "manual")}
+    vm1.restart()
+    assert vm1.network_id(restart_network) == network_id
+    wait_status(vm1, "always", "running")
+    assert vm1.status("manual") == "exited"
+    vm1.docker("start", "manual")
+    for name, old in before.items():
+        assert not left_of(lab, vm1.vm, old), (name, left_of(lab, vm1.vm, old))
+    now = {name: in_place(lab, vm1, name) for name in before}
+    assert all(now[name].endpoint_id != before[name].endpoint_id for name in now)
+    assert docker_allocations(lab, vm1.vm) == {h.address: h.endpoint_id for h in now.values()}
+    assert vm1.ping("always", P.PEER_IP), vm1.log_tail()
+    assert vm1.ping("manual", now["always"].address), vm1.log_tail()
+    vm1.docker("rm", "-f", "always", "manual")
+    vm1.docker("network", "rm", restart_network)
+    assert [h for h in now.values() if left_of(lab, vm1.vm, h)] == []
+    assert docker_allocations(lab, vm1.vm) == {} and docker_records(lab, vm1.vm) == []
+    assert NetworkRecords(lab.plan.state_dir(vm1.vm)).get(network_id) is None
+
+
+def test_with_live_restore_a_container_keeps_its_network_through_a_dockerd_restart(lab, live_restore):
+    """dockerd --live-restore stopped and started again while a container
+    pings the peer (from outside Docker, in the container's namespace: a
+    docker exec would end with the dockerd it went through): no reply lost,
+    the container keeps its process, endpoint, address and host veth, and the
+    restarted dockerd's docker rm releases the endpoint its predecessor made."""
+    vm1 = live_restore
+    vm1.run_container("kept")
+    before, pid = in_place(lab, vm1, "kept"), vm1.container_pid("kept")
+    count = 60
+    ping = subprocess.Popen(["nsenter", "-t", str(pid), "-n", "ping", "-c", str(count), "-i", "0.25", "-W", "2",
+                             str(P.PEER_IP)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)
+        vm1.restart()
+        assert ping.poll() is None, "the restart outlasted the ping: it proves nothing"
+        out, _ = ping.communicate(timeout=60)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+            ping.wait()
+    assert ping_result(subprocess.CompletedProcess(ping.args, ping.returncode, out, ""), count).ok, out
+    assert vm1.status("kept") == "running" and vm1.container_pid("kept") == pid
+    assert in_place(lab, vm1, "kept") == before
+    vm1.run_container("newcomer")
+    assert vm1.ping("newcomer", before.address) and vm1.ping("kept", P.PEER_IP), vm1.log_tail()
+    newcomer = in_place(lab, vm1, "newcomer")
+    vm1.docker("rm", "-f", "kept", "newcomer")
+    assert not left_of(lab, vm1.vm, before) and not left_of(lab, vm1.vm, newcomer)
+    assert docker_allocations(lab, vm1.vm) == {}
 
 
 def test_xdp_on_the_nic_delivers_into_a_container(lab, dockers, node_set):

@@ -153,9 +153,9 @@ def test_networks_vnetdp_cannot_carry_are_refused(plugin, tmp_path, change, word
 
 
 # --- repeated calls ---------------------------------------------------------------------------
-def test_a_replayed_create_network_is_accepted_a_different_one_refused(plugin):
+def test_a_repeated_create_network_is_accepted_a_different_one_refused(plugin):
     network_id = create_network(plugin)
-    plugin.ok("NetworkDriver.CreateNetwork", network_body(network_id))          # dockerd restarted
+    plugin.ok("NetworkDriver.CreateNetwork", network_body(network_id))          # a retry
     reply = plugin.call("NetworkDriver.CreateNetwork", network_body(network_id, generic={"enableSnat": "true"}))
     assert not reply.ok and "exists with other parameters: asks {}" in reply.err
 
@@ -245,14 +245,40 @@ def test_a_killed_plugin_started_again_carries_on(tmp_path, plumbing):
         network_id = create_network(first)
         endpoint_id, address = run_container(first, network_id, "c1")
         first.server.socket.close()   # gone without a word (its records, store and maps stay)
-    with plugin_on(tmp_path, plumbing) as second:
-        second.ok("NetworkDriver.CreateNetwork", network_body(network_id))    # dockerd's replay
+    with plugin_on(tmp_path, plumbing) as second:   # knows the network from its record: no CreateNetwork
         other, b = run_container(second, network_id, "c2")
         assert b != address
         remove_container(second, network_id, endpoint_id, address)
         remove_container(second, network_id, other, b)
         remove_network(second, network_id)
     assert plumbing.links == {} and allocations(tmp_path) == [] and PodRecords(str(tmp_path)).all() == []
+
+
+def test_a_dockerd_started_after_a_crash_cleans_up_and_its_network_carries_on(plugin, plumbing, tmp_path):
+    """What Docker 20.10 sends when it starts again after a crash (module doc
+    of vnetdp.docker.network): no CreateNetwork for the network it kept, the
+    activation, its stale sandbox's endpoint removed with force (Leave,
+    DeleteEndpoint, ReleaseAddress), an endpoint in no sandbox (DeleteEndpoint
+    and ReleaseAddress, no Leave); then the container again, on a new
+    endpoint of the network."""
+    network_id = create_network(plugin)
+    joined, a = run_container(plugin, network_id, "c1")
+    b = plugin.ok("IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "", "Options": None})["Address"]
+    unjoined = docker_id("ep-c2")
+    plugin.ok("NetworkDriver.CreateEndpoint", endpoint_body(network_id, unjoined, b))
+    activate(plugin)
+    plugin.ok("NetworkDriver.Leave", ids(network_id, joined))
+    plugin.ok("NetworkDriver.DeleteEndpoint", ids(network_id, joined))
+    plugin.ok("IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": a})
+    plugin.ok("NetworkDriver.DeleteEndpoint", ids(network_id, unjoined))
+    plugin.ok("IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": b.split("/")[0]})
+    assert plumbing.links == {} and allocations(tmp_path) == [] and PodRecords(str(tmp_path)).all() == []
+    again, c = run_container(plugin, network_id, "c1-again")
+    assert list(plumbing.links) == [again]
+    assert [(x.address, x.container_id) for x in allocations(tmp_path)] == [(c, again)]
+    remove_container(plugin, network_id, again, c)
+    remove_network(plugin, network_id)
+    assert plumbing.links == {} and allocations(tmp_path) == [] and NetworkRecords(str(tmp_path)).all() == []
 
 
 def test_a_started_plugin_finishes_joined_endpoints(tmp_path, plumbing):

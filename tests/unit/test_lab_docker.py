@@ -73,6 +73,19 @@ def test_dockerds_wrapper_keeps_the_lab_and_nothing_of_the_hosts_docker(tmp_path
     assert argv[argv.index("--cgroup-parent") + 1] == "vnd-docker-abc123"
 
 
+def test_dockerds_command_line_is_the_wrappers_and_live_restore_is_a_switch(tmp_path):
+    n = node(tmp_path)
+    assert n.wrapper().splitlines()[-1] == "exec " + " ".join(n.dockerd_argv())
+    assert "--live-restore" not in n.dockerd_argv()
+    n.live_restore = True
+    assert n.dockerd_argv()[-1] == "--live-restore" and n.wrapper().endswith(" --live-restore\n")
+
+
+def test_a_restart_without_the_plugin_is_refused_before_anything_is_stopped(tmp_path):
+    with pytest.raises(RuntimeError, match="needs the plugin running"):
+        node(tmp_path).restart()
+
+
 @pytest.mark.skipif(not os.path.exists(dk.BUSYBOX), reason="no static busybox")
 def test_the_image_is_busybox_and_its_applets(tmp_path):
     with tarfile.open(dk.busybox_image(tmp_path)) as tar:

@@ -18,6 +18,18 @@ ProgramExternalConnectivity) fail on unknown IDs; calls that remove
 (DeleteNetwork, DeleteEndpoint, Leave, RevokeExternalConnectivity) succeed
 when it is gone already: Docker repeats them, and its cleanup must never
 get stuck on the plugin.
+
+A restarted dockerd (20.10) sends no CreateNetwork: it keeps its networks in
+its own store and creates only host and null networks again (libnetwork's
+controller.go ``New``), and it replays IPAM requests only for drivers that
+ask (RequiresRequestReplay, false here). Its networks and endpoints are known
+from the records: the endpoints of containers it stopped when it exited were
+removed then (Leave, DeleteEndpoint, ReleaseAddress); after a crash it
+removes what it finds stale when it starts, with force (Leave and
+DeleteEndpoint of a stale sandbox's endpoints, DeleteEndpoint alone for an
+endpoint in no sandbox, then ReleaseAddress); with --live-restore it sends
+nothing for the containers it keeps, and its later calls for them find their
+records.
 """
 from __future__ import annotations
 
@@ -246,7 +258,7 @@ class NetworkDriver:
                                time.time())
         with self._locked(f"net-{network_id}"):
             existing = self.networks.get(network_id)
-            if existing is not None:   # Docker replays its networks when it restarts
+            if existing is not None:   # a repeated call (a restarted dockerd sends none: module doc)
                 differences = existing.differences(record)
                 if differences:
                     raise PluginError(f"network {network_id[:12]} exists with other parameters: "

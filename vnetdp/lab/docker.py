@@ -17,6 +17,13 @@ dockerd looks for it, and where it sees the containers' network namespaces.
 Containers run an image imported from the host's static busybox (sh, ping,
 ip, sleep, cat).
 
+``restart`` stops dockerd (SIGTERM as systemd does, or SIGKILL: a crash) and
+starts it again with the same command line (``--live-restore`` switched when
+asked) inside the same mount namespace, entered through the plugin, which
+keeps it while dockerd is down: the private /run (the plugin's socket,
+containerd's shim sockets, the sandboxes' namespaces), /etc/docker and the
+cgroup mounts stay, as they do across a restart on a host.
+
 Teardown (``teardown``), also after a failure: containers and networks
 removed through docker, the plugin and dockerd stopped by PID (their command
 line checked), then whatever still runs in dockerd's mount namespace
@@ -82,6 +89,7 @@ class DockerNode:
     plugin: subprocess.Popen | None = None
     mnt_ns: str | None = None
     left: list[str] = field(default_factory=list)   # what teardown had to force
+    live_restore: bool = False                      # dockerd --live-restore
 
     @classmethod
     def for_vm(cls, lab: Lab, vm: P.Vm) -> DockerNode:
@@ -116,6 +124,15 @@ class DockerNode:
         self.docker("import", str(busybox_image(self.tmp)), IMAGE)
 
     # --- dockerd ----------------------------------------------------------------
+    def dockerd_argv(self) -> list[str]:
+        """dockerd's command line: data root, exec root, pid file and socket
+        under ``tmp``, no bridge, iptables, forwarding or proxy of its own."""
+        return [DOCKERD, "--data-root", str(self.tmp / "docker"), "--exec-root", str(self.tmp / "exec"),
+                "--pidfile", str(self.tmp / "docker.pid"), "-H", f"unix://{self.socket}", "--bridge=none",
+                "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
+                "--userland-proxy=false", "--exec-opt", "native.cgroupdriver=cgroupfs",
+                "--cgroup-parent", self.cgroup_parent, *(["--live-restore"] if self.live_restore else [])]
+
     def wrapper(self) -> str:
         q = shlex.quote
         keep = q(str(self.tmp / "keep"))
@@ -127,26 +144,65 @@ class DockerNode:
                  *host_cgroup_mounts(),
                  "mkdir -p /run/docker/plugins",
                  f"export PATH={SAFE_PATH}",
-                 " ".join(["exec", DOCKERD, "--data-root", q(str(self.tmp / "docker")),
-                           "--exec-root", q(str(self.tmp / "exec")), "--pidfile", q(str(self.tmp / "docker.pid")),
-                           "-H", q(f"unix://{self.socket}"), "--bridge=none", "--iptables=false",
-                           "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--userland-proxy=false",
-                           "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", self.cgroup_parent])]
+                 "exec " + shlex.join(self.dockerd_argv())]
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:
         (self.tmp / "etc-docker").mkdir(parents=True, exist_ok=True)
         (self.tmp / "wrapper.sh").write_text(self.wrapper())
+        self._launch(["ip", "netns", "exec", self.vm.ns, "bash", str(self.tmp / "wrapper.sh")])
+        self.mnt_ns = daemons.mnt_ns(self.pid)
+
+    def _launch(self, argv: list[str]) -> None:
+        """dockerd run by ``argv`` (which execs it: its PID is dockerd's),
+        waited for until it serves its socket."""
         with open(self.tmp / "dockerd.log", "ab") as log:
-            self.dockerd = subprocess.Popen(["ip", "netns", "exec", self.vm.ns, "bash", str(self.tmp / "wrapper.sh")],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            self.dockerd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             env={"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not (self.socket.exists() and self.docker("version", check=False, timeout=10).returncode == 0):
+        deadline = time.monotonic() + 90
+        while not self._serving():
             if self.dockerd.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"dockerd did not serve {self.socket}\n{self.log_tail()}")
             time.sleep(0.1)
-        self.mnt_ns = daemons.mnt_ns(self.pid)
+
+    def _serving(self) -> bool:
+        """Whether dockerd answers on its socket (one restarting after a crash
+        may take a while to: it first deals with the containers it left)."""
+        try:
+            return self.socket.exists() and self.docker("version", check=False, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def restart(self, sig: int = signal.SIGTERM, live_restore: bool | None = None) -> None:
+        """dockerd stopped by ``sig`` (SIGTERM: as systemd stops it, its
+        containers stopped unless it runs with --live-restore; SIGKILL: a
+        crash, its containers left running) and started again with the same
+        command line (``--live-restore`` as ``live_restore`` says, when given)
+        in the same mount namespace: entered through the plugin, which keeps
+        it while dockerd is down."""
+        if self.plugin is None or self.plugin.poll() is not None:
+            raise RuntimeError("restarting dockerd needs the plugin running: it keeps dockerd's mount namespace")
+        anchor = self.plugin.pid
+        self.stop_dockerd(sig)
+        if live_restore is not None:
+            self.live_restore = live_restore
+        self._launch(["nsenter", "-t", str(anchor), "-m", "-n", *self.dockerd_argv()])
+        if daemons.mnt_ns(self.pid) != self.mnt_ns:
+            raise RuntimeError(f"the restarted dockerd is not in the mount namespace {self.mnt_ns}")
+
+    def stop_dockerd(self, sig: int = signal.SIGTERM, wait_s: float = 30) -> None:
+        """dockerd signalled by its PID (its command line checked) and waited
+        for; killed when it outlasts ``wait_s`` (noted in ``left``)."""
+        if self.dockerd is None or self.dockerd.poll() is not None:
+            return
+        if os.path.basename(daemons.cmdline(self.pid).split(b"\0")[0]) == b"dockerd":
+            os.kill(self.pid, sig)
+        try:
+            self.dockerd.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            self.dockerd.wait(timeout=10)
+            self.left.append("dockerd (killed)")
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         proc = subprocess.run([docker_cli(), "-H", f"unix://{self.socket}", *args], capture_output=True, text=True,
@@ -199,9 +255,10 @@ class DockerNode:
             self.plugin.wait(timeout=20)
 
     # --- containers -------------------------------------------------------------
-    def run_container(self, name: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run_container(self, name: str, *extra: str, check: bool = True,
+                      network: str = NETWORK) -> subprocess.CompletedProcess:
         # unconfined: a host with AppArmor would want its profile loaded, which ip netns exec's /sys cannot
-        return self.docker("run", "-d", "--name", name, "--network", NETWORK, "--security-opt", "apparmor=unconfined",
+        return self.docker("run", "-d", "--name", name, "--network", network, "--security-opt", "apparmor=unconfined",
                            *extra, IMAGE, "sleep", "600", check=check)
 
     def address(self, name: str) -> str:
@@ -217,6 +274,10 @@ class DockerNode:
 
     def container_pid(self, name: str) -> int:
         return int(self.docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
+
+    def status(self, name: str) -> str:
+        """Docker's state of the container: created, running, exited, ..."""
+        return self.docker("inspect", "-f", "{{.State.Status}}", name).stdout.strip()
 
     def exec(self, name: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.docker("exec", name, *argv, check=False, timeout=timeout)
@@ -250,15 +311,7 @@ class DockerNode:
     # --- teardown ---------------------------------------------------------------
     def stop(self) -> None:
         self.signal_plugin(signal.SIGTERM)
-        if self.dockerd is not None and self.dockerd.poll() is None:
-            if os.path.basename(daemons.cmdline(self.pid).split(b"\0")[0]) == b"dockerd":
-                os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.dockerd.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.dockerd.wait(timeout=10)
-                self.left.append("dockerd (killed)")
+        self.stop_dockerd()
         # containerd and its shims live on in dockerd's mount namespace; the
         # containers' processes are the shims' children
         if self.mnt_ns:
