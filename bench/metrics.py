@@ -1,26 +1,35 @@
 """One measurement each: a number (and unit) for a path of a topology.
 
-Traffic tools run inside the lab namespaces: iperf3 (TCP stream, UDP small
-packets), sockperf (TCP request/response latency), vnetdp.lab.connstorm (new
-TCP connections per second). CPU cost per packet comes from /proc/stat:
-system and softirq time of all CPUs during the UDP run, over the packets
-received."""
+Clients run pinned on CLIENT_CPU and servers on SERVER_CPU. A veth hands a
+packet to the next namespace on the sending CPU, so the kernel's whole path
+up to the receiving socket runs on the client's CPU, in its context: the
+client's CPU time per packet is the path's cost. Tools: iperf3 (TCP stream,
+unpinned), the harness's own C tools in bench/tools/ (the small-packet flood,
+new connections), sockperf (TCP request/response, pinned with taskset, both
+ends on one CPU and across CPUs)."""
 from __future__ import annotations
 
-import asyncio
+import functools
 import os
 import re
+import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.topologies import Endpoints
-from vnetdp.lab import connstorm
-from vnetdp.lab.probe import iperf_json, server, tcp_transfer, until_listening
+from bench import ctools
+from bench.topologies import PATHS, VETH, Endpoints
+from vnetdp.lab.probe import server, tcp_transfer, until_listening
 from vnetdp.lab.shell import in_ns
 
+CLIENT_CPU = 0
+SERVER_CPU = 1 % (os.cpu_count() or 1)
 SOCKPERF_PORT = 11111
-UDP_PORT = 5202
+FLOOD_PORT = 5202
 CONN_PORT = 7100
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+FLOOD_SIZE = 64        # UDP payload bytes
+CONNS_IN_FLIGHT = 32
+DRAIN_S = 0.2          # after a flood, for the last batches to reach the receiver
 
 
 @dataclass(frozen=True)
@@ -29,67 +38,97 @@ class Sample:
     extra: dict
 
 
-def tcp_stream(e: Endpoints, seconds: int) -> Sample:
-    r = tcp_transfer(e.client_ns, e.server_ns, e.server_ip, seconds=seconds)
-    return Sample(r.value if r.ok else None, {"unit": "Gbit/s"})
+def _whole(seconds: float) -> int:
+    """iperf3 and sockperf take whole seconds, at least one."""
+    return max(1, round(seconds))
 
 
-def _kernel_cpu_ticks() -> int:
-    """System plus softirq time of all CPUs, in clock ticks."""
-    with open("/proc/stat") as f:
-        fields = f.readline().split()
-    return int(fields[3]) + int(fields[7])  # system, softirq
+def _pinned(cpu: int, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *argv]
 
 
-def udp_rate(e: Endpoints, seconds: int, streams: int = 4, size: int = 64) -> Sample:
-    """Small UDP packets from ``streams`` senders at full speed: packets/s received."""
-    def client() -> Sample | None:
-        before = _kernel_cpu_ticks()
-        proc = in_ns(e.client_ns, ["iperf3", "-c", e.server_ip, "-p", str(UDP_PORT), "-u", "-b", "0",
-                                   "-l", str(size), "-P", str(streams), "-t", str(seconds), "-J"],
-                     check=False, timeout=seconds + 20)
-        ticks = _kernel_cpu_ticks() - before
-        out = iperf_json(proc.stdout)
-        if "error" in out:
-            return None if "refused" in out["error"] else Sample(None, {"error": out["error"]})
-        total = out["end"]["sum"]
-        received = total["packets"] - total["lost_packets"]
-        return Sample(received / total["seconds"],
-                      {"unit": "packets/s", "lost": total["lost_packets"], "sent": total["packets"],
-                       "kernel_cpu_ns_per_packet": ticks * 1e9 / CLK_TCK / max(received, 1)})
+def tcp_stream(e: Endpoints, seconds: float) -> Sample:
+    r = tcp_transfer(e.client_ns, e.server_ns, e.server_ip, seconds=_whole(seconds))
+    return Sample(r.value if r.ok else None, {})
 
-    with server(e.server_ns, ["iperf3", "-s", "-1", "-B", e.server_ip, "-p", str(UDP_PORT)]):
-        return until_listening(client) or Sample(None, {"error": "no server"})
+
+def flood(e: Endpoints, seconds: float) -> Sample:
+    """Small UDP datagrams from a sendmmsg sender to a busy-polling receiver:
+    packets/s received, loss, and the sender's CPU ns per datagram sent."""
+    port = ["-p", str(FLOOD_PORT)]
+    with ctools.Server(e.server_ns, "udpsink", ["-a", e.server_ip, *port, "-c", str(SERVER_CPU)]) as sink:
+        sent = ctools.run_client(e.client_ns, "udpflood", ["-d", e.server_ip, *port, "-s", str(FLOOD_SIZE),
+                                                           "-t", str(seconds), "-c", str(CLIENT_CPU)], seconds)
+        time.sleep(DRAIN_S)
+        received = sink.report()["received"]
+    if not sent["sent"]:
+        return Sample(None, {"error": f"nothing sent ({sent['errors']} failed sendmmsg calls)"})
+    return Sample(received / sent["seconds"],
+                  {"sent_pps": sent["sent"] / sent["seconds"], "loss": 1 - received / sent["sent"],
+                   "sender_cpu_ns": sent["cpu_ns"] / sent["sent"], "send_errors": sent["errors"]})
 
 
 _PERCENTILE = re.compile(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)")
 
 
-def tcp_rr(e: Endpoints, seconds: int) -> Sample:
-    """TCP ping-pong of one small message at a time: latency p50 and p99 (µs)."""
+def tcp_rr(e: Endpoints, seconds: float, server_cpu: int) -> Sample:
+    """TCP ping-pong of one 64-byte message at a time, the client on CLIENT_CPU and
+    the server on ``server_cpu``: latency p50 and p99 (µs)."""
     def client() -> Sample | None:
-        proc = in_ns(e.client_ns, ["sockperf", "pp", "--tcp", "-i", e.server_ip, "-p", str(SOCKPERF_PORT),
-                                   "-t", str(seconds), "-m", "64"], check=False, timeout=seconds + 20)
+        proc = in_ns(e.client_ns, _pinned(CLIENT_CPU, [
+            "sockperf", "pp", "--tcp", "-i", e.server_ip, "-p", str(SOCKPERF_PORT), "-t", str(_whole(seconds)),
+            "-m", "64"]), check=False, timeout=_whole(seconds) + 20)
         found = {float(p): float(v) for p, v in _PERCENTILE.findall(proc.stdout)}
         if 50.0 not in found:
             return None
-        return Sample(found[50.0], {"unit": "µs", "p50": found[50.0], "p99": found.get(99.0)})
+        return Sample(found[50.0], {"p99": found.get(99.0)})
 
-    with server(e.server_ns, ["sockperf", "sr", "--tcp", "-i", e.server_ip, "-p", str(SOCKPERF_PORT)]):
+    with server(e.server_ns, _pinned(server_cpu, ["sockperf", "sr", "--tcp", "-i", e.server_ip,
+                                                  "-p", str(SOCKPERF_PORT)])):
         return until_listening(client, tries=30) or Sample(None, {"error": "sockperf failed"})
 
 
-def conn_rate(e: Endpoints, connections: int) -> Sample:
-    """New TCP connections per second (connect, one line each way, close)."""
-    async def main() -> connstorm.StormResult:
-        server = await connstorm.EchoServer(e.server_ns, e.server_ip, CONN_PORT).start()
-        try:
-            jobs = [connstorm.Job(e.client_ns, 0, f"c{i}") for i in range(connections)]
-            return await connstorm.storm(jobs, (e.server_ip, CONN_PORT), concurrency=64)
-        finally:
-            server.close()
-    result = asyncio.run(main())
-    return Sample(result.rate, {"unit": "connections/s", "failures": len(result.failures)})
+def new_flows(e: Endpoints, seconds: float) -> Sample:
+    """New TCP connections per second, each from a new source port and reset once
+    established, CONNS_IN_FLIGHT at a time: through a NAT, each one is a new
+    translation. Also the client's CPU ns per connection."""
+    port = ["-p", str(CONN_PORT)]
+    with ctools.Server(e.server_ns, "connsink", ["-a", e.server_ip, *port, "-c", str(SERVER_CPU)]) as sink:
+        out = ctools.run_client(e.client_ns, "connrate", ["-d", e.server_ip, *port, "-t", str(seconds),
+                                                          "-c", str(CLIENT_CPU), "-n", str(CONNS_IN_FLIGHT)],
+                                seconds)
+        accepted = sink.report()["accepted"]
+    made = out["connections"]
+    return Sample(made / out["seconds"] if made else None,
+                  {"failures": out["failures"], "accepted": accepted, "client_cpu_ns": out["cpu_ns"] / max(made, 1)})
 
 
-METRICS = {"tcp_stream": tcp_stream, "udp_rate": udp_rate, "tcp_rr": tcp_rr}
+@dataclass(frozen=True)
+class Metric:
+    measure: Callable[[Endpoints, float], Sample]
+    unit: str                       # of the value as reported (value * scale)
+    higher_is_better: bool
+    paths: tuple[str, ...]          # where it is measured
+    extras: tuple[str, ...] = ()    # sample fields summarized along with the value
+    cost: str | None = None         # CPU per unit: its excess over the limit's is the datapath's added cost
+    scale: float = 1
+
+
+DATA_PATHS = (*PATHS, VETH)
+METRICS = {
+    "tcp_stream": Metric(tcp_stream, "Gbit/s", True, DATA_PATHS),
+    "flood": Metric(flood, "Mpackets/s", True, DATA_PATHS, ("loss", "sender_cpu_ns"), "sender_cpu_ns", 1e-6),
+    "tcp_rr_same": Metric(functools.partial(tcp_rr, server_cpu=CLIENT_CPU), "µs p50", False, DATA_PATHS, ("p99",)),
+    "tcp_rr_cross": Metric(functools.partial(tcp_rr, server_cpu=SERVER_CPU), "µs p50", False, DATA_PATHS,
+                           ("p99",)),
+    "new_flows": Metric(new_flows, "connections/s", True, ("internet",), ("client_cpu_ns", "failures"),
+                        "client_cpu_ns"),
+}
+
+
+def measure(name: str, e: Endpoints, seconds: float) -> Sample:
+    """Metric ``name`` on ``e``; a tool that fails gives a sample with no value and the error."""
+    try:
+        return METRICS[name].measure(e, seconds)
+    except (ctools.ToolFailed, subprocess.TimeoutExpired) as err:
+        return Sample(None, {"error": str(err)})

@@ -1,156 +1,211 @@
-"""Results as files: every sample and the machine (JSON), medians with
-min-max and ratios (Markdown), and charts (PNG, matplotlib)."""
+"""Results as files: every sample and the machine (JSON), the tables (Markdown)
+and charts (PNG, ``bench.charts``).
+
+Every ratio is stated against ``limit``; vnetdp is also compared with both
+bridge variants. A ratio or difference marked (+) or (-) is better or worse
+beyond the spread of rounds; unmarked ones are within it."""
 from __future__ import annotations
 
 import json
 import os
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 
-UNITS = {"tcp_stream": "Gbit/s", "udp_rate": "Mpackets/s", "tcp_rr": "µs p50", "conn_rate": "conn/s"}
-SCALE = {"udp_rate": 1e-6}  # shown in Mpackets/s
-HIGHER_IS_BETTER = {"tcp_stream": True, "udp_rate": True, "tcp_rr": False, "conn_rate": True}
+from bench import charts
+from bench.metrics import METRICS
+from bench.stats import BASE, Spread, added_cost, ratio, summary, verdict
+from bench.topologies import PATHS, VETH
+
+MARK = {"better": " (+)", "worse": " (-)", None: ""}
 
 
-def _values(samples: list[dict], key: str = "value") -> list[float]:
-    return [s[key] for s in samples if s.get(key) is not None]
+def _num(v: float) -> str:
+    return f"{v:.3g}"
 
 
-def summary(results: dict) -> dict:
-    """(metric, path) -> topology -> {median, min, max, p99?, n}."""
+def _ns(v: float) -> str:
+    return f"{v:.0f}"
+
+
+def _share(v: float) -> str:
+    return f"{v:.2%}"
+
+
+EXTRAS: dict[str, tuple[str, Callable[[float], str]]] = {
+    "p99": ("p99 {}", _num), "loss": ("loss {}", _share), "sender_cpu_ns": ("{} ns CPU/pkt", _ns),
+    "client_cpu_ns": ("{} ns CPU/conn", _ns), "failures": ("{} failed", _ns)}
+
+
+def _spread(s: Spread, num: Callable[[float], str] = _num) -> str:
+    return f"{num(s.median)} ({num(s.lo)}-{num(s.hi)})"
+
+
+def _cell(fields: dict | None) -> str:
+    if not fields or not fields["value"]:
+        return "-"
+    parts = [_spread(fields["value"])]
+    for name, (label, num) in EXTRAS.items():
+        s = fields.get(name)
+        if s and not (name == "failures" and s.hi == 0):
+            parts.append(label.format(_spread(s, num)))
+    return ", ".join(parts)
+
+
+def _ratio_cell(a: Spread | None, b: Spread | None, higher_is_better: bool) -> str:
+    r = ratio(a, b)
+    return "-" if r is None else f"{r:.2f}{MARK[verdict(a, b, higher_is_better)]}"
+
+
+def _rows(table: dict, paths: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(path, metric) keys of ``table`` on ``paths``, in path then metric order."""
+    return [(p, m) for p in paths for m in METRICS if (m, p) in table]
+
+
+def _lab_topologies(results: dict) -> list[str]:
+    return [t for t in results["topologies"] if t != "direct"]
+
+
+def _comparisons(topos: list[str]) -> list[tuple[str, str]]:
+    """Each topology against the limit, and vnetdp against each bridge variant."""
+    return [(t, BASE) for t in topos if t != BASE] + [
+        (v, b) for v in topos if v.startswith("vnetdp") for b in topos if b.startswith("bridge")]
+
+
+def _legend(results: dict) -> list[str]:
+    lines = [f"Ratios are to `{BASE}`: the same client and servers through the same fabric router and "
+             "nftables, no host datapath (the lab's own limit). Cells: median (min-max) over "
+             f"{results['rounds']} interleaved rounds. (+)/(-): better/worse than the reference beyond "
+             "the spread (the min-max ranges do not overlap); unmarked: within the spread."]
+    for name, how in results["topologies"].items():
+        if "bridge_nf_call_iptables" in how:
+            lines.append(f"`{name}`: bridge-nf-call-iptables={how['bridge_nf_call_iptables']} in its VM namespace.")
+    for name, why in results.get("unavailable", {}).items():
+        lines.append(f"`{name}` was not measured: {why}.")
+    return [" ".join(lines), ""]
+
+
+def _medians(results: dict, table: dict) -> list[str]:
+    topos = _lab_topologies(results)
+    lines = ["| path | metric | " + " | ".join(topos) + " |", "|---|---|" + "---|" * len(topos)]
+    for path, metric in _rows(table, PATHS):
+        lines.append(f"| {path} | {metric} ({METRICS[metric].unit}) | " +
+                     " | ".join(_cell(table[(metric, path)].get(t)) for t in topos) + " |")
+    return lines
+
+
+def _ratios(results: dict, table: dict) -> list[str]:
+    pairs = _comparisons(_lab_topologies(results))
+    lines = ["| path | metric | " + " | ".join(f"{a}/{b}" for a, b in pairs) + " |", "|---|---|" + "---|" * len(pairs)]
+    for path, metric in _rows(table, PATHS):
+        row = table[(metric, path)]
+        lines.append(f"| {path} | {metric} | " + " | ".join(
+            _ratio_cell((row.get(a) or {}).get("value"), (row.get(b) or {}).get("value"),
+                        METRICS[metric].higher_is_better) for a, b in pairs) + " |")
+    return lines
+
+
+def _added(results: dict) -> list[str]:
+    cost = added_cost(results)
+    if not cost:
+        return []
+    topos = [t for t in _lab_topologies(results) if t != BASE]
+    pairs = [(a, b) for a, b in _comparisons(topos) if b != BASE]
+    lines = ["", f"Added cost over `{BASE}` (the datapath's): CPU ns per packet (flood, sender) or per new "
+             f"connection (new_flows, client) above `{BASE}`'s in the same round; median (min-max).", "",
+             "| path | metric | " + " | ".join(topos + [f"{a}/{b}" for a, b in pairs]) + " |",
+             "|---|---|" + "---|" * (len(topos) + len(pairs))]
+    for path, metric in _rows(cost, PATHS):
+        row = cost[(metric, path)]
+        lines.append(f"| {path} | {metric} | " + " | ".join(
+            [_spread(row[t], _ns) if row.get(t) else "-" for t in topos] +
+            [_ratio_cell(row.get(a), row.get(b), False) for a, b in pairs]) + " |")
+    return lines
+
+
+def _footnote(table: dict) -> list[str]:
+    cells = [f"{metric} ({METRICS[metric].unit}) {_cell(table[(metric, path)].get('direct'))}"
+             for path, metric in _rows(table, (VETH,))]
+    if not cells:
+        return []
+    return ["", "Footnote, bare veth (`direct`: two namespaces on one veth, no router, no nftables; not a limit "
+            "any topology here can reach): " + "; ".join(cells) + "."]
+
+
+def _scale(results: dict) -> dict:
+    """(topology, metric) -> pods -> median."""
     groups: dict = defaultdict(lambda: defaultdict(list))
-    for s in results["samples"]:
-        groups[(s["metric"], s["path"])][s["topology"]].append(s)
-    out: dict = {}
-    for key, by_topo in groups.items():
-        out[key] = {}
-        for topo, samples in by_topo.items():
-            vals = [v * SCALE.get(key[0], 1) for v in _values(samples)]
-            if not vals:
-                out[key][topo] = None
-                continue
-            row = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
-            if key[0] == "tcp_rr":
-                row["p99"] = statistics.median(_values(samples, "p99"))
-            if key[0] == "udp_rate":
-                row["cpu_ns"] = statistics.median(_values(samples, "kernel_cpu_ns_per_packet"))
-            out[key][topo] = row
-    return out
+    for s in results["scale"]:
+        if s["value"] is not None:
+            groups[(s["topology"], s["metric"])][s["pods"]].append(s["value"] * METRICS[s["metric"]].scale)
+    return {k: {p: statistics.median(v) for p, v in by.items()} for k, by in groups.items()}
 
 
-def _ratio(a: dict | None, b: dict | None) -> str:
-    return f"{a['median'] / b['median']:.2f}" if a and b and b["median"] else "-"
+def _scale_lines(results: dict) -> list[str]:
+    if not results["scale"]:
+        return []
+    pods = sorted({s["pods"] for s in results["scale"]})
+    lines = ["", "Scale (vnet path, medians): pods present on the node", "",
+             "| topology | metric | " + " | ".join(f"{p} pods" for p in pods) + " |", "|---|---|" + "---|" * len(pods)]
+    for (topo, metric), by_pods in sorted(_scale(results).items()):
+        lines.append(f"| {topo} | {metric} ({METRICS[metric].unit}) | " +
+                     " | ".join(_num(by_pods[p]) if p in by_pods else "-" for p in pods) + " |")
+    return lines
 
 
-def markdown(results: dict) -> str:
-    m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB, kernel {m['kernel']}; "
-             f"mode {results['mode']}, commit {m['commit']}, {results['started'][:16]}.", "",
-             "| path | metric | direct | bridge | vnetdp-tc | vnetdp-xdp | tc/bridge | tc/direct | xdp/bridge |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    table = summary(results)
-    for (metric, path), by_topo in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        def cell(t: str) -> str:
-            r = by_topo.get(t)
-            if not r:
-                return "-"
-            text = f"{r['median']:.3g} ({r['min']:.3g}-{r['max']:.3g})"
-            if "p99" in r:
-                text += f", p99 {r['p99']:.3g}"
-            if "cpu_ns" in r:
-                text += f", {r['cpu_ns']:.0f} ns CPU/pkt"
-            return text
-        lines.append(f"| {path} | {metric} ({UNITS[metric]}) | " + " | ".join(
-            cell(t) for t in ("direct", "bridge", "vnetdp-tc", "vnetdp-xdp")) + " | " + " | ".join(
-            (_ratio(by_topo.get(a), by_topo.get(b)) for a, b in
-             (("vnetdp-tc", "bridge"), ("vnetdp-tc", "direct"), ("vnetdp-xdp", "bridge")))) + " |")
-    if results["scale"]:
-        lines += ["", "Scale (vnet path, medians): pods present on the node", "",
-                  "| topology | metric | " + " | ".join(f"{p} pods" for p in _pods(results)) + " |",
-                  "|---|---|" + "---|" * len(_pods(results))]
-        for (topo, metric), by_pods in sorted(_scale(results).items()):
-            lines.append(f"| {topo} | {metric} ({UNITS[metric]}) | " +
-                         " | ".join(f"{by_pods[p]:.3g}" if p in by_pods else "-" for p in _pods(results)) + " |")
-    if results["programs"]:
-        counts = sorted({r["endpoints"] for r in results["programs"]})
-        lines += ["", "Per-program cost (BPF_PROG_TEST_RUN, ns/packet) by endpoints in the map", "",
-                  "| case | " + " | ".join(f"{c} endpoints" for c in counts) + " |", "|---|" + "---|" * len(counts)]
-        by_case: dict = defaultdict(dict)
-        for r in results["programs"]:
-            by_case[r["case"]][r["endpoints"]] = r["ns_per_packet"]
-        for case, row in by_case.items():
-            lines.append(f"| {case} | " + " | ".join(str(row[c]) for c in counts) + " |")
-    if results["cni"]:
-        lines += ["", "CNI control plane (ms; runtime-style calls, each a new process)", "",
-                  "| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 | parallel ADDs wall |", "|---|---|---|---|---|---|"]
-        for name, r in results["cni"].items():
-            adds, dels = sorted(r["sequential"]["add_s"]), sorted(r["sequential"]["del_s"])
-            par = ", ".join(f"{p['n']}: {p['wall_s']:.1f} s ({p['succeeded']} ok)" for p in r["parallel"])
-            lines.append(f"| {name} | {_pct(adds, 50)} | {_pct(adds, 99)} | {_pct(dels, 50)} | {_pct(dels, 99)} | {par} |")
-    return "\n".join(lines) + "\n"
+def _profile_lines(results: dict) -> list[str]:
+    if not results.get("profile"):
+        return []
+    lines = ["", "Profile: where the sender's CPU goes in a flood (perf, kernel symbols, share of samples)", ""]
+    for topo, prof in results["profile"].items():
+        lines.append(f"- {topo} ({prof['path']}): " + ", ".join(
+            f"{s['symbol']} {s['percent']:.1f}%" for s in prof["symbols"]))
+    return lines
 
 
-def _pct(sorted_s: list[float], p: int) -> str:
+def _program_lines(results: dict) -> list[str]:
+    if not results["programs"]:
+        return []
+    counts = sorted({r["endpoints"] for r in results["programs"]})
+    lines = ["", "Per-program cost (BPF_PROG_TEST_RUN, ns/packet) by endpoints in the map", "",
+             "| case | " + " | ".join(f"{c} endpoints" for c in counts) + " |", "|---|" + "---|" * len(counts)]
+    by_case: dict = defaultdict(dict)
+    for r in results["programs"]:
+        by_case[r["case"]][r["endpoints"]] = r["ns_per_packet"]
+    for case, row in by_case.items():
+        lines.append(f"| {case} | " + " | ".join(str(row[c]) for c in counts) + " |")
+    return lines
+
+
+def _percentile_ms(sorted_s: list[float], p: int) -> str:
     if not sorted_s:
         return "-"
     return f"{sorted_s[min(len(sorted_s) - 1, round(p / 100 * (len(sorted_s) - 1)))] * 1000:.0f}"
 
 
-def _pods(results: dict) -> list[int]:
-    return sorted({s["pods"] for s in results["scale"]})
+def _cni_lines(results: dict) -> list[str]:
+    if not results["cni"]:
+        return []
+    lines = ["", "CNI control plane (ms; runtime-style calls, each a new process)", "",
+             "| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 | parallel ADDs wall |", "|---|---|---|---|---|---|"]
+    for name, r in results["cni"].items():
+        adds, dels = sorted(r["sequential"]["add_s"]), sorted(r["sequential"]["del_s"])
+        par = ", ".join(f"{p['n']}: {p['wall_s']:.1f} s ({p['succeeded']} ok)" for p in r["parallel"])
+        lines.append(f"| {name} | {_percentile_ms(adds, 50)} | {_percentile_ms(adds, 99)} | "
+                     f"{_percentile_ms(dels, 50)} | {_percentile_ms(dels, 99)} | {par} |")
+    return lines
 
 
-def _scale(results: dict) -> dict:
-    groups: dict = defaultdict(lambda: defaultdict(list))
-    for s in results["scale"]:
-        if s["value"] is not None:
-            groups[(s["topology"], s["metric"])][s["pods"]].append(s["value"] * SCALE.get(s["metric"], 1))
-    return {k: {p: statistics.median(v) for p, v in by.items()} for k, by in groups.items()}
-
-
-def charts(results: dict, out_dir: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
+def markdown(results: dict) -> str:
+    m = results["machine"]
     table = summary(results)
-    topos = ["direct", "bridge", "vnetdp-tc", "vnetdp-xdp"]
-    for metric in ("tcp_stream", "udp_rate", "tcp_rr"):
-        paths = [p for p in ("vnet", "local", "internet") if (metric, p) in table]
-        if not paths:
-            continue
-        fig, ax = plt.subplots(figsize=(8, 4))
-        width = 0.2
-        for i, topo in enumerate(topos):
-            rows = [table[(metric, p)].get(topo) for p in paths]
-            meds = [r["median"] if r else 0 for r in rows]
-            errs = [[r["median"] - r["min"] if r else 0 for r in rows], [r["max"] - r["median"] if r else 0 for r in rows]]
-            ax.bar([x + i * width for x in range(len(paths))], meds, width, yerr=errs, label=topo, capsize=3)
-        ax.set_xticks([x + 1.5 * width for x in range(len(paths))], paths)
-        ax.set_ylabel(UNITS[metric])
-        ax.set_title(f"{metric} (median, min-max)")
-        ax.legend()
-        path = os.path.join(out_dir, f"{metric}.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
-    if results["scale"]:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for ax, metric in zip(axes, ("tcp_rr", "udp_rate")):
-            for (topo, m), by_pods in sorted(_scale(results).items()):
-                if m == metric:
-                    ax.plot(sorted(by_pods), [by_pods[p] for p in sorted(by_pods)], marker="o", label=topo)
-            ax.set_xlabel("pods on the node")
-            ax.set_ylabel(UNITS[metric])
-            ax.legend()
-        path = os.path.join(out_dir, "scale.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
-    return written
+    lines = [f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB, kernel {m['kernel']}; "
+             f"mode {results['mode']}, commit {m['commit']}, {results['started'][:16]}.", ""]
+    lines += _legend(results) + _medians(results, table)
+    lines += ["", f"Ratios (to `{BASE}`, and vnetdp to each bridge)", ""] + _ratios(results, table)
+    lines += _added(results) + _footnote(table) + _scale_lines(results) + _profile_lines(results)
+    lines += _program_lines(results) + _cni_lines(results)
+    return "\n".join(lines) + "\n"
 
 
 def write(results: dict, out_dir: str) -> list[str]:
@@ -160,4 +215,4 @@ def write(results: dict, out_dir: str) -> list[str]:
         json.dump(results, f, indent=1)
     with open(paths[1], "w") as f:
         f.write(markdown(results))
-    return paths + charts(results, out_dir)
+    return paths + charts.write(results, summary(results), _scale(results), out_dir)

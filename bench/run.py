@@ -1,9 +1,11 @@
 """``vnetdp-lab bench``: build every topology, measure interleaved (A B C D, A B C
 D, ...) over rounds, write JSON, Markdown and charts.
 
-Modes: ``tiny`` (the test suite's: one round, one second, proves each
-topology's datapath carried the traffic), ``quick`` (under 5 minutes here),
-``full`` (under 30)."""
+Modes: ``tiny`` (the test suite's: one round of every metric on every
+topology, the C tools running 0.3 s, iperf3 and sockperf on the vnet path
+only; proves each datapath carried the traffic), ``quick`` (a few minutes)
+and ``full`` (the committed results). ``profile`` adds a perf profile of one flood per
+topology."""
 from __future__ import annotations
 
 import datetime
@@ -13,33 +15,35 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from bench import cni_latency, metrics, progcost, report
+from bench import cni_latency, ctools, metrics, profiling, progcost, report
 from bench import topologies as T
 
-TOPOLOGIES = ["direct", "bridge", "vnetdp-tc", "vnetdp-xdp"]
+TOPOLOGIES = ["limit", "bridge-nf", "bridge", "vnetdp-tc", "vnetdp-xdp", "direct"]
+SCALE_METRICS = ("tcp_rr_same", "flood")  # on the vnet path, with idle pods present
 
 
 @dataclass(frozen=True)
 class Mode:
     name: str
     rounds: int
-    seconds: int
-    metrics: tuple[str, ...]
-    connections: int            # per round, through SNAT (internet path)
+    seconds: float              # per measurement (iperf3 and sockperf: whole seconds, at least one)
     scale: tuple[int, ...]      # pods present on the node
     scale_rounds: int
     cni_calls: int              # sequential ADD/DEL pairs per plugin
     parallel: tuple[int, ...]   # parallel ADD wall times
     prog_repeat: int
+    paths: dict[str, tuple[str, ...]] = field(default_factory=dict)  # metric -> fewer paths than its own
 
 
 MODES = {
-    "tiny": Mode("tiny", 1, 1, ("tcp_stream",), 50, (), 0, 0, (), 0),
-    "quick": Mode("quick", 2, 1, ("tcp_stream", "udp_rate", "tcp_rr"), 300, (2, 50), 1, 10, (50,), 50_000),
-    "full": Mode("full", 5, 3, ("tcp_stream", "udp_rate", "tcp_rr"), 2000, (2, 50, 250), 3, 30, (50, 250),
-                 500_000),
+    "tiny": Mode("tiny", rounds=1, seconds=0.3, scale=(), scale_rounds=0, cni_calls=0, parallel=(), prog_repeat=0,
+                 paths={"tcp_stream": ("vnet", "veth"), "tcp_rr_same": ("vnet",), "tcp_rr_cross": ("vnet",)}),
+    "quick": Mode("quick", rounds=2, seconds=1, scale=(2, 50), scale_rounds=1, cni_calls=10, parallel=(50,),
+                  prog_repeat=50_000),
+    "full": Mode("full", rounds=5, seconds=2, scale=(2, 50, 250), scale_rounds=3, cni_calls=30, parallel=(50, 250),
+                 prog_repeat=500_000),
 }
 
 
@@ -59,52 +63,68 @@ class Progress:
     def step(self, what: str) -> None:
         self.done += 1
         elapsed = time.monotonic() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
+        eta = elapsed / self.done * max(self.total - self.done, 0)
         print(f"[{self.done:>3}/{self.total}] {elapsed:5.0f}s (~{eta:.0f}s left) {what}", file=self.out, flush=True)
 
 
-def measure_one(topo: T.Topology, metric: str, path: str, mode: Mode) -> dict:
-    e = topo.path(path)
+def measure_one(topo: T.Topology, metric: str, path: str, seconds: float) -> dict:
     before = topo.counters()
-    if metric == "conn_rate":
-        sample = metrics.conn_rate(e, mode.connections)
-    else:
-        sample = metrics.METRICS[metric](e, mode.seconds)
+    sample = metrics.measure(metric, topo.path(path), seconds)
     return {"topology": topo.name, "metric": metric, "path": path, "value": sample.value,
             "datapath_packets": topo.counters() - before, **sample.extra}
 
 
-def run(mode_name: str = "quick", out_dir: str | None = None, topologies: list[str] | None = None) -> dict:
+def plan(mode: Mode, topos: list[T.Topology]) -> list[tuple[int, str, str, T.Topology]]:
+    """(round, metric, path, topology), interleaved: every topology once per (round, metric, path)."""
+    return [(rnd, metric, path, topo) for rnd in range(mode.rounds) for metric, m in metrics.METRICS.items()
+            for path in mode.paths.get(metric, m.paths) for topo in topos if path in topo.paths]
+
+
+def run(mode_name: str = "quick", out_dir: str | None = None, topologies: list[str] | None = None,
+        profile: bool = False) -> dict:
     mode = MODES[mode_name]
-    names = topologies or TOPOLOGIES
-    plan = [(r, m, p) for r in range(mode.rounds) for m in mode.metrics for p in T.PATHS]
-    plan += [(r, "conn_rate", "internet") for r in range(mode.rounds)]
-    scale_steps = len(mode.scale) * mode.scale_rounds * 2 * (len(names) - 1)
-    progress = Progress(len(plan) * len(names) + scale_steps + 4)
-    results: dict = {"mode": mode.name, "machine": machine(), "started": datetime.datetime.now().isoformat(),
-                     "samples": [], "scale": [], "programs": [], "cni": {}}
-    topos = T.build(names)
+    ctools.build()  # a compile error ends the run before any lab is up
+    topos = T.build(topologies or TOPOLOGIES)
+    progress = Progress(len(topos))
+    results: dict = {"mode": mode.name, "rounds": mode.rounds, "machine": machine(),
+                     "started": datetime.datetime.now().isoformat(), "topologies": {}, "unavailable": {},
+                     "samples": [], "scale": [], "profile": {}, "programs": [], "cni": {}}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stopped run still tears down
     try:
+        built = []
         for topo in topos:
-            topo.up()
+            try:
+                topo.up()
+            except T.Unavailable as why:
+                results["unavailable"][topo.name] = str(why)
+                progress.step(f"{topo.name} not built: {why}")
+                continue
+            built.append(topo)
+            results["topologies"][topo.name] = topo.describe()
             progress.step(f"built {topo.name}")
-        if isinstance(topos[0], T.Direct):
-            results["direct_interfaces"] = topos[0].interfaces()
-        for rnd, metric, path in plan:
-            for topo in topos:  # interleaved: every topology once per (round, metric, path)
-                row = measure_one(topo, metric, path, mode)
-                results["samples"].append({"round": rnd, **row})
-                progress.step(f"{topo.name:<10} {path:<8} {metric:<10} {row['value']}")
+        steps = plan(mode, built)
+        scaled = [t for t in built if t.hosts_pods]
+        progress.total += len(steps) + len(mode.scale) * mode.scale_rounds * len(SCALE_METRICS) * len(scaled) + \
+            (len(built) if profile else 0) + bool(mode.prog_repeat) + bool(mode.cni_calls)
+        for rnd, metric, path, topo in steps:
+            row = measure_one(topo, metric, path, mode.seconds)
+            results["samples"].append({"round": rnd, **row})
+            progress.step(f"{topo.name:<10} {path:<8} {metric:<12} {row['value']}")
         for pods in mode.scale:
-            for topo in topos[1:] if isinstance(topos[0], T.Direct) else topos:
+            for topo in scaled:
                 topo.add_idle_pods(pods)
             for rnd in range(mode.scale_rounds):
-                for metric in ("tcp_rr", "udp_rate"):
-                    for topo in (t for t in topos if not isinstance(t, T.Direct)):
-                        row = measure_one(topo, metric, "vnet", mode)
+                for metric in SCALE_METRICS:
+                    for topo in scaled:
+                        row = measure_one(topo, metric, "vnet", mode.seconds)
                         results["scale"].append({"pods": pods, "round": rnd, **row})
                         progress.step(f"{topo.name:<10} {pods} pods {metric} {row['value']}")
+        if profile:
+            for topo in built:
+                path = topo.paths[0]
+                results["profile"][topo.name] = {"path": path,
+                                                 **profiling.kernel_symbols(topo.path(path), mode.seconds)}
+                progress.step(f"{topo.name:<10} profiled")
         if mode.prog_repeat:
             results["programs"] = progcost.measure([1, 50, 250], mode.prog_repeat)
             progress.step("per-program cost")

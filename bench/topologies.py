@@ -1,22 +1,33 @@
 """The datapaths under test, each built in its own lab namespaces.
 
-- ``direct``: a veth straight between client and server namespaces; no host
-  in between, the limit.
-- ``bridge``: the classic datapath, as Azure's bridge mode builds it on a
-  lab VM: a Linux bridge with the NIC enslaved and the primary IP on it, per
-  pod ebtables MAC translation (snat to the NIC MAC out of the NIC, dnat to
-  the pod MAC in, ARP replies for pod addresses) and iptables MASQUERADE for
-  traffic leaving the VNet (pods route it via the host).
+- ``limit``: the lab's own limit, against which every ratio is stated. The
+  client is a lab VM's namespace with no pods and no host datapath, attached
+  to the fabric router like any VM: the same servers (peer VM, internet
+  host), the same router and nftables as every other topology, nothing of a
+  node's datapath in between. Its local path is one veth to a namespace of
+  its own, as close as two pods on one host can be.
+- ``bridge-nf`` and ``bridge``: the classic datapath, as Azure's bridge mode
+  builds it on a lab VM: a Linux bridge with the NIC enslaved and the primary
+  IP on it, per pod ebtables MAC translation (snat to the NIC MAC out of the
+  NIC, dnat to the pod MAC in, ARP replies for pod addresses) and iptables
+  MASQUERADE for traffic leaving the VNet (pods route it via the host).
+  ``bridge-nf`` with br_netfilter on in the VM (bridge-nf-call-iptables=1,
+  as on a node running kube-proxy: every bridged frame passes the IPv4
+  netfilter hooks and conntrack), ``bridge`` with it off.
 - ``vnetdp-tc`` and ``vnetdp-xdp``: pods attached through the installed CNI
   plugin, with the NIC side at tc or XDP.
+- ``direct``: a veth straight between two namespaces, no router, no
+  nftables: a footnote, not a limit any topology here can reach.
 
-Every topology offers the same three paths (pod to a peer VM over the NIC,
-pod to pod on one host, pod to the internet host) and counters that prove its
-datapath carried the traffic.
+Lab topologies offer the same three paths (pod to a peer VM over the NIC,
+pod to pod on one host, pod to the internet host); ``direct`` offers one,
+``veth``. Counters prove that a datapath carried the traffic.
 """
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
 import secrets
 from dataclasses import dataclass
@@ -28,6 +39,9 @@ from vnetdp.lab.shell import in_ns, ip_batch, run
 from vnetdp.lab.topology import Lab
 
 PATHS = ("vnet", "local", "internet")
+VETH = "veth"
+VETH_SERVER_IP = "10.9.0.2"
+BRIDGE_NF = "/proc/sys/net/bridge"
 
 
 @dataclass(frozen=True)
@@ -37,8 +51,14 @@ class Endpoints:
     server_ip: str
 
 
+class Unavailable(Exception):
+    """This machine cannot build the topology as claimed; the run goes on without it."""
+
+
 class Topology:
     name = ""
+    paths: tuple[str, ...] = PATHS
+    hosts_pods = False  # whether idle pods can be added (the scale runs)
 
     def up(self) -> None: ...
     def down(self) -> None: ...
@@ -49,9 +69,25 @@ class Topology:
         """Packets this datapath's own machinery has handled so far."""
         return 0
 
+    def describe(self) -> dict:
+        """What the run records of how this topology was built."""
+        return {}
+
+
+def _links(ns: str) -> list[str]:
+    return sorted(re.findall(r"^\d+: ([\w-]+)", in_ns(ns, ["ip", "-o", "link"]).stdout, re.M))
+
+
+def _veth(a_ns: str, a_name: str, b_ns: str) -> None:
+    """A veth from ``a_name`` in ``a_ns`` (10.9.0.1/24) to eth0 in ``b_ns`` (VETH_SERVER_IP)."""
+    ip_batch(a_ns, [f"link add {a_name} type veth peer name eth0 netns {b_ns}", "link set lo up",
+                    f"link set {a_name} up", f"addr add 10.9.0.1/24 dev {a_name}"])
+    ip_batch(b_ns, ["link set lo up", "link set eth0 up", f"addr add {VETH_SERVER_IP}/24 dev eth0"])
+
 
 class Direct(Topology):
     name = "direct"
+    paths = (VETH,)
 
     def __init__(self) -> None:
         lab_id = secrets.token_hex(2)
@@ -60,27 +96,24 @@ class Direct(Topology):
     def up(self) -> None:
         run(["ip", "netns", "add", self.a])
         run(["ip", "netns", "add", self.b])
-        ip_batch(self.a, [f"link add eth0 type veth peer name eth0 netns {self.b}", "link set lo up",
-                          "link set eth0 up", "addr add 10.9.0.1/24 dev eth0"])
-        ip_batch(self.b, ["link set lo up", "link set eth0 up", "addr add 10.9.0.2/24 dev eth0"])
+        _veth(self.a, "eth0", self.b)
 
     def down(self) -> None:
         for ns in (self.a, self.b):
             run(["ip", "netns", "del", ns], check=False)
 
     def path(self, name: str) -> Endpoints:
-        return Endpoints(self.a, self.b, "10.9.0.2")
+        return Endpoints(self.a, self.b, VETH_SERVER_IP)
 
-    def add_idle_pods(self, count: int) -> None:
-        pass  # there is no host to hold pods
-
-    def interfaces(self) -> list[str]:
+    def describe(self) -> dict:
         """Links of the client namespace: lo and the veth, nothing else."""
-        return sorted(re.findall(r"^\d+: (\w+)", in_ns(self.a, ["ip", "-o", "link"]).stdout, re.M))
+        return {"client_links": _links(self.a)}
 
 
 class LabTopology(Topology):
-    """A one-VM lab with pods 1 and 2; idle pods are added from slot 3 on."""
+    """A one-VM lab; the client is pod 1 and the local server pod 2."""
+
+    hosts_pods = True
 
     def __init__(self, pool: int = 250, **node_settings) -> None:
         self.lab = Lab(P.Plan(secrets.token_hex(2), vms=1, pool=pool), **node_settings)
@@ -91,17 +124,50 @@ class LabTopology(Topology):
         self.lab.down()
 
     def pod_ip(self, j: int) -> str: ...
+    def add_pod(self, j: int) -> None: ...
+
+    @property
+    def client_ns(self) -> str:
+        return self.lab.plan.pod_ns(self.vm, 1)
+
+    def local_ip(self) -> str:
+        return self.pod_ip(2)
 
     def path(self, name: str) -> Endpoints:
         p = self.lab.plan
-        return {"vnet": Endpoints(p.pod_ns(self.vm, 1), p.peer, str(P.PEER_IP)),
-                "local": Endpoints(p.pod_ns(self.vm, 1), p.pod_ns(self.vm, 2), self.pod_ip(2)),
-                "internet": Endpoints(p.pod_ns(self.vm, 1), p.inet, str(P.INET_IP))}[name]
+        if name == "local":  # asked once up: a pod's address comes from its IPAM
+            return Endpoints(self.client_ns, p.pod_ns(self.vm, 2), self.local_ip())
+        server = {"vnet": (p.peer, str(P.PEER_IP)), "internet": (p.inet, str(P.INET_IP))}[name]
+        return Endpoints(self.client_ns, *server)
 
     def add_idle_pods(self, count: int) -> None:
         """Pods beyond 1 and 2 until ``count`` pods exist."""
         while self.pods < count:
             self.add_pod(self.pods + 1)
+
+
+class Limit(LabTopology):
+    name = "limit"
+    hosts_pods = False
+    LOCAL_LINK = "local0"
+
+    def up(self) -> None:
+        self.lab.up()
+        local_ns = self.lab.plan.pod_ns(self.vm, 2)
+        run(["ip", "netns", "add", local_ns])
+        _veth(self.vm.ns, self.LOCAL_LINK, local_ns)
+
+    @property
+    def client_ns(self) -> str:
+        return self.vm.ns
+
+    def local_ip(self) -> str:
+        return VETH_SERVER_IP
+
+    def describe(self) -> dict:
+        """The client's links: its NIC to the fabric, the local veth, lo. Nothing of
+        vnetdp is attached to the NIC: that is the first CNI ADD's work, and none ran."""
+        return {"client_links": _links(self.vm.ns)}
 
 
 class Vnetdp(LabTopology):
@@ -128,13 +194,42 @@ class Vnetdp(LabTopology):
         return sum(n for reason, n in bpf_counters(self.lab, self.vm).items() if reason.startswith("FWD_"))
 
 
+def br_netfilter_problem() -> str | None:
+    """Why br_netfilter cannot be switched in one lab namespace alone here, or None.
+
+    The bridge-nf-call-* sysctls belong to each network namespace since Linux
+    5.3 (before, one global value), and exist while br_netfilter is built in or
+    loaded; each new namespace starts with them on. The harness never loads the
+    module: ``modprobe br_netfilter`` registers its hooks for every bridge of
+    every namespace, the root's included (docker0 and the like), with the
+    defaults on, so it would change how the machine's own bridges filter. An
+    operator who accepts that loads it before the run."""
+    release = tuple(int(n) for n in re.findall(r"\d+", platform.release())[:2])
+    if release < (5, 3):
+        return f"kernel {platform.release()}: bridge-nf-call-* are one global setting before Linux 5.3"
+    if not os.path.isdir(BRIDGE_NF):
+        return ("br_netfilter is neither built in nor loaded; the harness does not load it, as that changes how "
+                "every bridge on the machine filters (modprobe br_netfilter before the run to measure it)")
+    return None
+
+
 class Bridge(LabTopology):
-    name = "bridge"
     BRIDGE = "azure0"
 
+    def __init__(self, pool: int = 250, netfilter: bool = False) -> None:
+        super().__init__(pool)
+        self.netfilter = netfilter
+        self.name = "bridge-nf" if netfilter else "bridge"
+
     def up(self) -> None:
+        problem = br_netfilter_problem()
+        if problem and (self.netfilter or os.path.isdir(BRIDGE_NF)):  # off without the module needs nothing
+            raise Unavailable(problem)
         self.lab.up()
         vm, primary = self.vm, f"{self.vm.primary}/{P.VNET.prefixlen}"
+        if os.path.isdir(BRIDGE_NF):  # the VM's namespace only (see br_netfilter_problem)
+            in_ns(vm.ns, ["sysctl", "-qw", *(f"net.bridge.bridge-nf-call-{t}={int(self.netfilter)}"
+                                              for t in ("iptables", "ip6tables", "arptables"))])
         ip_batch(vm.ns, [f"link add {self.BRIDGE} type bridge", f"link set {self.BRIDGE} address {vm.mac}",
                          f"addr del {primary} dev eth0", f"link set eth0 master {self.BRIDGE}",
                          f"link set {self.BRIDGE} up", f"addr add {primary} dev {self.BRIDGE}",
@@ -144,6 +239,11 @@ class Bridge(LabTopology):
         in_ns(vm.ns, ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", str(P.VNET), "!", "-d", str(P.VNET),
                       "-j", "MASQUERADE"])
         self.add_idle_pods(2)
+
+    def describe(self) -> dict:
+        """bridge-nf-call-iptables as the VM's namespace reads it (None: no br_netfilter)."""
+        proc = in_ns(self.vm.ns, ["cat", f"{BRIDGE_NF}/bridge-nf-call-iptables"], check=False)
+        return {"bridge_nf_call_iptables": int(proc.stdout) if proc.returncode == 0 else None}
 
     def _ebtables(self, rule: list[str]) -> None:
         in_ns(self.vm.ns, ["ebtables", "-t", "nat", *rule])
@@ -182,7 +282,7 @@ class Bridge(LabTopology):
 
 
 def build(names: list[str], pool: int = 250) -> list[Topology]:
-    kinds = {"direct": Direct, "bridge": lambda: Bridge(pool), "vnetdp-tc": lambda: Vnetdp("tc", pool),
-             "vnetdp-xdp": lambda: Vnetdp("xdp", pool)}
+    kinds = {"limit": lambda: Limit(pool), "bridge-nf": lambda: Bridge(pool, netfilter=True),
+             "bridge": lambda: Bridge(pool), "vnetdp-tc": lambda: Vnetdp("tc", pool),
+             "vnetdp-xdp": lambda: Vnetdp("xdp", pool), "direct": Direct}
     return [kinds[n]() for n in names]
-

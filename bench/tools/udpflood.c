@@ -1,0 +1,67 @@
+/* udpflood: small UDP datagrams at full speed from one CPU, for a fixed time.
+ *
+ *   udpflood -d ADDR -p PORT [-s SIZE] [-t SECONDS] [-c CPU] [-b BATCH]
+ *
+ * One connected socket, sendmmsg batches of BATCH datagrams of SIZE bytes,
+ * pinned to CPU, for SECONDS (fractions allowed). Prints one JSON line:
+ * datagrams sent, failed send calls (an error ends no run: a full queue or a
+ * late ICMP error is counted and sending goes on), the seconds it sent for
+ * and its CPU time (see cpu_ns in common.h). */
+#include "common.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_BATCH 1024
+
+int main(int argc, char **argv)
+{
+	const char *dst = NULL, *port = NULL;
+	double seconds = 1;
+	int size = 64, cpu = 0, batch = 64, opt;
+
+	while ((opt = getopt(argc, argv, "d:p:s:t:c:b:")) != -1) {
+		switch (opt) {
+		case 'd': dst = optarg; break;
+		case 'p': port = optarg; break;
+		case 's': size = atoi(optarg); break;
+		case 't': seconds = atof(optarg); break;
+		case 'c': cpu = atoi(optarg); break;
+		case 'b': batch = atoi(optarg); break;
+		default: usage("udpflood -d ADDR -p PORT [-s SIZE] [-t SECONDS] [-c CPU] [-b BATCH]");
+		}
+	}
+	if (!dst || !port || size < 1 || size > 1472 || batch < 1 || batch > MAX_BATCH || seconds <= 0)
+		usage("udpflood -d ADDR -p PORT [-s 1..1472] [-t SECONDS>0] [-c CPU] [-b 1..1024]");
+	pin(cpu);
+	stop_on_signals();
+
+	struct sockaddr_in sin = address(dst, port);
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof(sin)))
+		die("socket/connect");
+
+	static char payload[1472];
+	static struct iovec iov;
+	static struct mmsghdr msgs[MAX_BATCH];
+	iov.iov_base = payload;
+	iov.iov_len = size;
+	for (int i = 0; i < batch; i++) {
+		msgs[i].msg_hdr.msg_iov = &iov;
+		msgs[i].msg_hdr.msg_iovlen = 1;
+	}
+
+	unsigned long long sent = 0, errors = 0, cpu_start = cpu_ns();
+	double start = now(), end = start + seconds, t = start;
+	while (!stop && t < end) {
+		int n = sendmmsg(fd, msgs, batch, 0);
+		if (n > 0)
+			sent += n;
+		else
+			errors++;
+		t = now();
+	}
+	printf("{\"sent\": %llu, \"errors\": %llu, \"seconds\": %.6f, \"cpu_ns\": %llu, \"cpu\": %d}\n",
+	       sent, errors, t - start, cpu_ns() - cpu_start, cpu);
+	return 0;
+}
