@@ -2,12 +2,14 @@
  * tc ingress on the host end of a pod's veth: every frame a pod sends.
  * SPEC §5 "From a pod": anti-spoofing, ARP answered locally, pod-to-pod
  * switching on the host, VNet traffic out of the NIC to the fabric gateway,
- * traffic beyond the VNet source-translated to the primary IP, and the
- * host's own addresses, and replies in flows the host stack delivered, to
+ * traffic beyond the VNet source-translated to the primary IP (untouched
+ * from a pod whose address has a public IP of its own), and the host's own
+ * addresses, and replies in flows the host stack delivered, to
  * the host stack. Tagged frames, malformed packets and destinations no pod
  * may reach are dropped first. A pod's egress rate polices what it sends,
  * wherever it goes; a pod on this node with an ingress rate receives through
- * its host veth's qdisc (lib/bandwidth.h).
+ * its host veth's qdisc (lib/bandwidth.h). The sender's rule set, and a pod
+ * on this node's as it receives, decide too (lib/policy.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -18,6 +20,7 @@
 #include "lib/snat.h"
 #include "lib/host_flows.h"
 #include "lib/bandwidth.h"
+#include "lib/policy.h"
 
 /* The endpoint behind this veth if (saddr, smac) are its own, else a drop verdict. */
 static __always_inline struct vnd_endpoint *
@@ -105,12 +108,20 @@ static __always_inline void to_fabric(const struct vnd_node *node, struct ethhdr
 		     reason, v);
 }
 
-/* Beyond the VNet: translated (SPEC §5 step 5) unless SNAT is off. */
+/*
+ * Beyond the VNet: translated (SPEC §5 step 5), unless the pod's address has
+ * a public IP of its own (the fabric maps it to that one) or SNAT is off.
+ */
 static __always_inline void to_outside(struct vnd_pkt *p, struct ethhdr *eth, struct iphdr *ip,
-				       const struct vnd_node *node, struct vnd_verdict *v)
+				       const struct vnd_endpoint *src, const struct vnd_node *node,
+				       struct vnd_verdict *v)
 {
 	int reason;
 
+	if (src->flags & VND_EP_PUBLIC_IP) {
+		to_fabric(node, eth, ip, v, VND_FWD_PUBLIC_IP);
+		return;
+	}
 	if (!(node->flags & VND_NODE_SNAT)) {
 		to_fabric(node, eth, ip, v, VND_FWD_UNTRANSLATED);
 		return;
@@ -130,11 +141,20 @@ static __always_inline void to_outside(struct vnd_pkt *p, struct ethhdr *eth, st
  * it has an ingress rate), to the VNet, or beyond it.
  */
 static __always_inline void to_destination(struct vnd_pkt *p, struct ethhdr *eth, struct iphdr *ip,
-					   const struct vnd_node *node, __u8 dest, struct vnd_verdict *v)
+					   const struct vnd_endpoint *src, const struct vnd_node *node,
+					   __u8 dest, struct vnd_verdict *v)
 {
 	struct vnd_endpoint *dst = vnd_endpoints.lookup(&ip->daddr);
+	int err;
 
 	if (dst && (node->flags & VND_NODE_LOCAL_SWITCHING)) {
+		err = policy_enforce(p, ip, VND_POLICY_INBOUND);
+		if (err) {      /* counted for the receiver: what it did not get */
+			v->metric_ifindex = dst->ifindex;
+			v->dir = VND_DIR_TO_POD;
+			verdict_drop(v, err);
+			return;
+		}
 		if (bandwidth_ingress_shaped(dst, ip->daddr))
 			forward_ipv4(eth, ip, dst->host_mac, dst->pod_mac, VND_HOW_POD_QDISC, dst->ifindex,
 				     VND_FWD_LOCAL_SHAPED, v);
@@ -147,7 +167,7 @@ static __always_inline void to_destination(struct vnd_pkt *p, struct ethhdr *eth
 		to_fabric(node, eth, ip, v, VND_FWD_VNET);
 		return;
 	}
-	to_outside(p, eth, ip, node, v);
+	to_outside(p, eth, ip, src, node, v);
 }
 
 static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v)
@@ -175,6 +195,8 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 		return;
 	}
 	err = denied_dest(p, ip, node);
+	if (!err)
+		err = policy_enforce(p, ip, VND_POLICY_OUTBOUND);
 	if (err) {
 		verdict_drop(v, err);
 		return;
@@ -187,7 +209,7 @@ static __always_inline void handle_ipv4(struct vnd_pkt *p, struct vnd_verdict *v
 		 !host_flow_key(p, ip, ip->saddr, ip->daddr, 1, &flow) && vnd_host_flows.lookup(&flow))
 		verdict_set(v, VND_HOW_PASS, 0, VND_FWD_HOST_FLOW);
 	else
-		to_destination(p, eth, ip, node, dest, v);
+		to_destination(p, eth, ip, src, node, dest, v);
 	if (src_bw && v->how != VND_HOW_DROP) {
 		err = bandwidth_police(&src_bw->egress, pkt_len(p));
 		if (err)

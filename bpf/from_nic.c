@@ -4,7 +4,9 @@
  * replies of translated flows (their fragments, and ICMP errors about them)
  * are translated back and go into their pod; all else reaches the host
  * stack untouched. Frames for a pod with an ingress rate go through its
- * host veth instead, whose qdisc keeps the rate (lib/bandwidth.h).
+ * host veth instead, whose qdisc keeps the rate (lib/bandwidth.h). What a
+ * pod receives meets its rule set, after any reverse translation
+ * (lib/policy.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -13,6 +15,7 @@
 #include "lib/pull.h"
 #include "lib/snat.h"
 #include "lib/bandwidth.h"
+#include "lib/policy.h"
 
 /*
  * For the primary IP: the reason code of a reverse translation, or 0. A
@@ -39,7 +42,7 @@ static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
 	__u8 how = VND_HOW_PEER;
 	struct vnd_endpoint *ep;
 	struct iphdr *ip;
-	int reason;
+	int reason, err;
 
 	verdict_set(v, VND_HOW_PASS, 0, VND_PASS_NIC);
 	/* Tagged frames are the host's (its VLAN devices), never a pod's. */
@@ -71,6 +74,11 @@ static __always_inline void nic_handle(struct vnd_pkt *p, struct vnd_verdict *v)
 		ip = reread_ipv4(p, &eth, v);
 		if (!ip)
 			return;
+	}
+	err = policy_enforce(p, ip, VND_POLICY_INBOUND);
+	if (err) {
+		verdict_drop(v, err);
+		return;
 	}
 	if (bandwidth_ingress_shaped(ep, ip->daddr)) {
 		if (p->is_xdp) {

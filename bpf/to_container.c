@@ -5,8 +5,10 @@
  * XDP redirects skip this hook). Flows from outside the node that the host
  * delivers were routed, and usually translated, by the host: they are
  * remembered (lib/host_flows.h) so that their replies return through the
- * host too. Nothing is changed or dropped here: the qdisc after this hook
- * keeps a pod's ingress rate (lib/bandwidth.h).
+ * host too. They meet the pod's rule set (lib/policy.h); the host's own
+ * traffic (kubelet's probes) meets none, but its flow is kept so that the
+ * pod's replies pass. Nothing else is dropped and nothing is changed here:
+ * the qdisc after this hook keeps a pod's ingress rate (lib/bandwidth.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -14,6 +16,7 @@
 #include "lib/ipv4.h"
 #include "lib/pull.h"
 #include "lib/host_flows.h"
+#include "lib/policy.h"
 
 static __always_inline void remember_host_flow(const struct vnd_pkt *p, struct iphdr *ip,
 					       struct vnd_endpoint *ep)
@@ -32,9 +35,12 @@ static __always_inline void remember_host_flow(const struct vnd_pkt *p, struct i
 int to_container(struct __sk_buff *skb)
 {
 	struct vnd_pkt p = { .ctx = skb, .is_xdp = 0 };
+	struct vnd_verdict v = { .metric_ifindex = skb->ifindex, .dir = VND_DIR_TO_POD,
+				  .hook = VND_HOOK_TO_CONTAINER };
 	struct vnd_endpoint *ep;
 	struct ethhdr *eth;
 	struct iphdr *ip;
+	int err;
 
 	if (tc_take_forwarded(skb))
 		return TC_ACT_OK;
@@ -43,11 +49,19 @@ int to_container(struct __sk_buff *skb)
 	if ((void *)(eth + 1) > pkt_end(&p) || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	ip = ipv4_header(eth, pkt_end(&p));
-	/* The host's own connections need nothing: their replies are for the host. */
-	if (!ip || dest_class(ip->saddr) == VND_DEST_HOST)
+	ep = ip ? vnd_endpoints.lookup(&ip->daddr) : NULL;
+	if (!ep)
 		return TC_ACT_OK;
-	ep = vnd_endpoints.lookup(&ip->daddr);
-	if (ep)
-		remember_host_flow(&p, ip, ep);
+	/* The host's own connections: their replies are for the host anyway. */
+	if (dest_class(ip->saddr) == VND_DEST_HOST) {
+		policy_track(&p, ip);
+		return TC_ACT_OK;
+	}
+	err = policy_enforce(&p, ip, VND_POLICY_INBOUND);
+	if (err) {
+		verdict_drop(&v, err);
+		return tc_finish(skb, &v);
+	}
+	remember_host_flow(&p, ip, ep);
 	return TC_ACT_OK;
 }

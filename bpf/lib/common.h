@@ -17,6 +17,7 @@
 #endif
 
 #define ETH_ALEN_ 6
+#define VND_EEXIST 17           /* what a map insert of a key already there returns, negated */
 
 static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
 {

@@ -9,6 +9,10 @@
 
 #define VND_IP_MF 0x2000        /* more fragments */
 #define VND_IP_OFFSET 0x1fff    /* fragment offset, in 8-byte units */
+#define VND_TCP_FIN 0x01        /* TCP flags, in the header's 14th byte */
+#define VND_TCP_SYN 0x02
+#define VND_TCP_RST 0x04
+#define VND_TCP_ACK 0x10
 
 /*
  * The IPv4 header after eth, or NULL when the frame is too short to hold it

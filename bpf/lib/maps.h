@@ -27,6 +27,21 @@
 #ifndef VND_MAX_SNAT_FRAGS
 #define VND_MAX_SNAT_FRAGS 4096 /* fragmented datagrams of translated flows in flight */
 #endif
+#ifndef VND_MAX_POLICY_PREFIXES
+#define VND_MAX_POLICY_PREFIXES 65536   /* remote prefixes of every compiled rule set */
+#endif
+#ifndef VND_MAX_POLICY_PORTS
+#define VND_MAX_POLICY_PORTS 65536      /* port prefixes of every compiled rule set */
+#endif
+#ifndef VND_MAX_POLICY_FLOWS
+#define VND_MAX_POLICY_FLOWS 65536      /* flows pods' rules allowed, one per pod and flow */
+#endif
+#ifndef VND_MAX_POLICY_DROPS
+#define VND_MAX_POLICY_DROPS 16384      /* (pod, set, rule, direction) drop counters */
+#endif
+#ifndef VND_MAX_POLICY_FRAGS
+#define VND_MAX_POLICY_FRAGS 4096       /* fragmented datagrams to or from pods with rules in flight */
+#endif
 #ifndef VND_EVENTS_BYTES
 #define VND_EVENTS_BYTES (256 * 1024) /* the monitor's ring buffer: a power of 2 of whole pages */
 #endif
@@ -43,13 +58,14 @@
 
 #define VND_EP_HOST_FLOWS 1     /* the host stack has delivered flows to this pod */
 #define VND_EP_BANDWIDTH 2      /* vnd_bandwidth may hold rate limits for this pod */
+#define VND_EP_PUBLIC_IP 4      /* the pod's address has a public IP of its own: traffic beyond the VNet leaves untranslated */
 
 /* A pod on this node, keyed by its IPv4 address (network order). */
 struct vnd_endpoint {
 	__u32 ifindex;          /* host end of the pod's veth */
 	__u8 pod_mac[6];
 	__u8 host_mac[6];
-	__u32 flags;            /* VND_EP_*: HOST_FLOWS set by the datapath, BANDWIDTH by the control plane */
+	__u32 flags;            /* VND_EP_*: HOST_FLOWS set by the datapath, BANDWIDTH and PUBLIC_IP by the control plane */
 };
 
 /* One direction of a pod's rate limit (lib/bandwidth.h): ingress steers the
@@ -69,7 +85,8 @@ struct vnd_bandwidth {
 	struct vnd_rate ingress; /* to the pod */
 };
 
-/* A flow the host stack delivered to a pod, as the pod's replies carry it. */
+/* A pod's flow as the pod sees it: one the host stack delivered (host_flows),
+ * one its rules allowed (policy_flows; ICMP echo: the id is the pod's port). */
 struct vnd_flow_key {
 	__be32 pod;
 	__be32 remote;
@@ -217,6 +234,96 @@ struct vnd_redirect_trace {
 	__u32 how;              /* enum vnd_how */
 };
 
+/* Node policy (lib/policy.h): which of a pod's rules a packet meets. */
+enum vnd_policy_dir {
+	VND_POLICY_INBOUND = 0,         /* what the pod receives */
+	VND_POLICY_OUTBOUND = 1,        /* what the pod sends */
+};
+
+#define VND_POLICY_PROTO_OTHER 255      /* the protocol class of all but TCP, UDP and ICMP */
+#define VND_POLICY_NO_RULE 65535        /* no rule: nothing decided (denied), or the host's own flow */
+#define VND_POLICY_CANDIDATES 4         /* rules one port entry holds */
+#define VND_POLICY_LAYERS 2             /* rules with broad remote prefixes, and the rest */
+
+/* The policy switch: one entry, key 0. */
+struct vnd_policy_node {
+	__u32 endpoints;        /* nonzero when an endpoint of this node may have a rule set */
+};
+
+/* A pod's rule set, keyed by its IPv4 address (network order). */
+struct vnd_policy_endpoint {
+	__u32 set;              /* a compiled set's id */
+};
+
+/* A remote prefix of a compiled set's layer, in one direction (LPM trie). */
+struct vnd_policy_addr_key {
+	__u32 prefixlen;        /* 64 + the prefix's length */
+	__u32 set;
+	__u16 dir;              /* enum vnd_policy_dir */
+	__u16 layer;            /* below VND_POLICY_LAYERS */
+	__be32 addr;
+};
+
+/* The rules of a set whose remote prefixes hold an address. */
+struct vnd_policy_class {
+	__u32 id;
+};
+
+/* A destination port prefix of an address class, for one protocol (LPM trie). */
+struct vnd_policy_port_key {
+	__u32 prefixlen;        /* 80 + the port prefix's length */
+	__u32 set;
+	__u32 class;
+	__u8 proto;             /* IPPROTO_TCP, _UDP, _ICMP or VND_POLICY_PROTO_OTHER */
+	__u8 pad;
+	__be16 port;            /* 0 for protocols without ports */
+};
+
+struct vnd_policy_candidate {
+	__u16 rule;             /* its index in the rule set */
+	__u8 allow;             /* 1: Allow, 0: Deny */
+	__u8 pad;
+	__u16 sport_min;        /* the source ports it holds, host order */
+	__u16 sport_max;
+};
+
+/* The rules that may decide a port prefix's packets, by priority: the first
+ * that holds the packet's source port decides. */
+struct vnd_policy_rules {
+	__u32 count;
+	struct vnd_policy_candidate rule[VND_POLICY_CANDIDATES];
+};
+
+#define VND_POLICY_FLOW_CLOSING 1       /* a TCP FIN or RST went through */
+#define VND_POLICY_FLOW_REPLIED 2       /* a packet came the other way */
+
+/* A flow a pod's rules allowed, keyed by struct vnd_flow_key. */
+struct vnd_policy_flow {
+	__u64 last_seen;        /* bpf_ktime_get_ns(), refreshed at most once a second */
+	__u32 set;              /* the set that allowed it */
+	__u16 rule;             /* the rule that allowed it */
+	__u8 dir;               /* enum vnd_policy_dir: the packet that opened it */
+	__u8 flags;             /* VND_POLICY_FLOW_* */
+};
+
+/* Packets a rule denied a pod (per-CPU; value struct vnd_metrics_val). */
+struct vnd_policy_drop_key {
+	__be32 pod;
+	__u32 set;
+	__u16 rule;
+	__u8 dir;               /* enum vnd_policy_dir */
+	__u8 pad;
+};
+
+/* A datagram whose first fragment passed a pod's rules (value: first seen). */
+struct vnd_policy_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;              /* the IPv4 identification */
+	__u8 proto;
+	__u8 pad;
+};
+
 /* vnd:layouts end */
 
 BPF_TABLE_PINNED("hash", __be32, struct vnd_endpoint, vnd_endpoints,
@@ -241,6 +348,21 @@ BPF_TABLE_PINNED("hash", __be32, struct vnd_snat_quota, vnd_snat_quota,
 /* LRU: a datagram's fragments follow its first within moments; old ones may go. */
 BPF_TABLE_PINNED("lru_hash", struct vnd_snat_frag_key, struct vnd_snat_frag_val,
 		 vnd_snat_frags, VND_MAX_SNAT_FRAGS, VND_MAPS_DIR "/snat_frags");
+/* Node policy (lib/policy.h). Flows: bounded, not LRU, as vnd_snat. */
+BPF_TABLE_PINNED("array", __u32, struct vnd_policy_node, vnd_policy_node, 1,
+		 VND_MAPS_DIR "/policy_node");
+BPF_TABLE_PINNED("hash", __be32, struct vnd_policy_endpoint, vnd_policy_endpoints,
+		 VND_MAX_ENDPOINTS, VND_MAPS_DIR "/policy_endpoints");
+BPF_TABLE_PINNED("lpm_trie", struct vnd_policy_addr_key, struct vnd_policy_class, vnd_policy_addrs,
+		 VND_MAX_POLICY_PREFIXES, VND_MAPS_DIR "/policy_addrs", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct vnd_policy_port_key, struct vnd_policy_rules, vnd_policy_ports,
+		 VND_MAX_POLICY_PORTS, VND_MAPS_DIR "/policy_ports", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct vnd_flow_key, struct vnd_policy_flow, vnd_policy_flows,
+		 VND_MAX_POLICY_FLOWS, VND_MAPS_DIR "/policy_flows");
+BPF_TABLE_PINNED("percpu_hash", struct vnd_policy_drop_key, struct vnd_metrics_val,
+		 vnd_policy_drops, VND_MAX_POLICY_DROPS, VND_MAPS_DIR "/policy_drops");
+BPF_TABLE_PINNED("lru_hash", struct vnd_policy_frag_key, __u64, vnd_policy_frags,
+		 VND_MAX_POLICY_FRAGS, VND_MAPS_DIR "/policy_frags");
 
 BPF_TABLE_PINNED("array", __u32, struct vnd_monitor, vnd_monitor, 1, VND_MAPS_DIR "/monitor");
 

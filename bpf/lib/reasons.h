@@ -23,6 +23,7 @@ enum vnd_reason {
 	VND_FWD_LOCAL_SHAPED = 13,  /* pod to a pod on the same host with an ingress rate: through the receiver's host veth and its qdisc */
 	VND_FWD_TO_POD_SHAPED = 14, /* from the NIC into a pod with an ingress rate (reverse-translated replies too): through its host veth and its qdisc */
 	VND_PASS_XDP_SHAPED = 15,   /* at XDP, for a pod with an ingress rate: on to tc ingress, which can reach the pod's qdisc */
+	VND_FWD_PUBLIC_IP = 16,     /* pod whose address has a public IP of its own to outside the VNet: untranslated, the fabric maps it to that public IP */
 	VND_DROP_SPOOF_IP = 64,     /* source IPv4 is not the endpoint's */
 	VND_DROP_SPOOF_MAC = 65,    /* source MAC is not the endpoint's */
 	VND_DROP_MALFORMED = 66,    /* truncated or invalid header */
@@ -38,6 +39,9 @@ enum vnd_reason {
 	VND_DROP_METADATA = 76,     /* to the instance metadata service 169.254.169.254 from a pod, not allowed on this node */
 	VND_DROP_SNAT_QUOTA = 77,   /* the pod has as many translated flows as the node allows one pod */
 	VND_DROP_RATE_LIMIT = 78,   /* above the pod's egress rate, which its own qdisc should have kept: policed */
+	VND_DROP_POLICY = 79,       /* a rule of the pod's rule set denies the flow (vnetdp policy show names it) */
+	VND_DROP_POLICY_TABLE_FULL = 80, /* a flow the pod's rules allow, but the policy flow table has no room to keep it */
+	VND_DROP_POLICY_FRAGMENT = 81, /* a later fragment to or from a pod with rules whose first fragment did not pass */
 };
 
 #define VND_DROP_MIN 64

@@ -29,11 +29,6 @@
 #ifndef VND_SNAT_REUSE_NS
 #define VND_SNAT_REUSE_NS 2000000000ULL /* a closed flow's port is free after this */
 #endif
-#define VND_EEXIST 17
-#define VND_TCP_FIN 0x01
-#define VND_TCP_SYN 0x02
-#define VND_TCP_RST 0x04
-#define VND_TCP_ACK 0x10
 
 /* The transport fields of one packet that SNAT reads and rewrites. */
 struct vnd_l4 {

@@ -161,7 +161,7 @@ class Endpoint:
     ifindex: int
     pod_mac: str
     host_mac: str
-    flags: int = 0          # EP_*: EP_HOST_FLOWS is the datapath's, EP_BANDWIDTH the control plane's
+    flags: int = 0          # EP_*: EP_HOST_FLOWS is the datapath's, EP_BANDWIDTH and EP_PUBLIC_IP the control plane's
 
     def to_c(self):
         return L.new("struct vnd_endpoint", {"ifindex": self.ifindex, "pod_mac": mac_bytes(self.pod_mac),

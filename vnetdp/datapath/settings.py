@@ -1,9 +1,10 @@
 """The node's settings: what holds for every pod on a node (the NIC, the VNet
 prefixes, SNAT and its ports, local switching, the NIC hook, the cloud
-endpoints pods may reach). They belong to the node, not to a network
-configuration: kept in ``<state-dir>/node.json``, written only by the
-operator's commands (``vnetdp install --set``, ``vnetdp node set``), each
-change one atomic file write applied under the node lock. A CNI config may
+endpoints pods may reach, where pods' public IPs are learnt). They belong
+to the node, not to a network configuration: kept in
+``<state-dir>/node.json``, written only by the operator's commands
+(``vnetdp install --set``, ``vnetdp node set``), each change one atomic file
+write applied under the node lock. A CNI config may
 repeat a setting (existing conflists do); one that contradicts the node's
 is refused, so two networks can never fight over the node.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +69,12 @@ def _ports(name: str, value: Any) -> tuple[int, int]:
     return (value[0], value[1])
 
 
+def _url(name: str, value: Any) -> str:
+    if not isinstance(value, str) or urllib.parse.urlsplit(value).scheme not in ("http", "https"):
+        raise SettingError(name, f"must be an http:// or https:// URL, not {value!r}")
+    return value
+
+
 def _count(name: str, value: Any) -> int:
     if type(value) is not int or value < 0:
         raise SettingError(name, f"must be a whole number >= 0, not {value!r}")
@@ -93,6 +101,8 @@ FIELDS: dict[str, Field] = {
     "allowMetadata": Field("allow_metadata", _typed(bool), False),
     # A quarter of the SNAT table: no one pod can fill it (0: no limit).
     "snatFlowsPerEndpoint": Field("snat_flows_per_endpoint", _count, 16384),
+    # Unset: pods' addresses have no public IPs (vnetdp.public_ips).
+    "metadataUrl": Field("metadata_url", _url, None),
 }
 
 

@@ -183,14 +183,18 @@ class Sweeper:
 
     def sweep_if_due(self) -> SweepResult | None:
         """A sweep when one is due and the maps exist (they are pinned with
-        the node's first pod); None otherwise."""
+        the node's first pod), of the node policy's flows too; None otherwise."""
         if time.monotonic() < self.next:
             return None
         self.next = time.monotonic() + self.every
+        from vnetdp.datapath import policy_flows
         from vnetdp.datapath.bpffs import Bpffs
+        maps_dir = Bpffs(self.bpffs_dir).maps_dir
         try:
-            with M.Maps(Bpffs(self.bpffs_dir).maps_dir) as m:
-                return sweep(m, self.timeouts)
+            with M.Maps(maps_dir) as m:
+                result = sweep(m, self.timeouts)
+            policy_flows.sweep_pinned(maps_dir, self.timeouts)
+            return result
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise

@@ -1,0 +1,1 @@
+"""Security rules in the cloud's model: network security groups (nsg)."""
