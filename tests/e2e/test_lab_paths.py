@@ -22,6 +22,7 @@ EXPECTED = {  # path -> reason that must move on the source VM
     "pod-peer VM": "FWD_VNET",
     "host-pod": "FWD_HOST",
     "pod-internet": "FWD_SNAT",
+    "pod-peered VNet": "FWD_VNET",   # the peered space is in vnetCidrs: not translated
 }
 
 

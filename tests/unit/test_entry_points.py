@@ -49,7 +49,7 @@ def _probe(module: str, argvs: list[list[str]], cwd: Path) -> dict:
 def test_product_command_has_only_product_commands_and_never_loads_the_lab(tmp_path):
     missing = str(tmp_path / "no-bpffs")
     product = ["counters", "snat", "install", "ipam", "node", "agent", "docker-plugin", "status", "endpoints",
-               "stats", "metrics", "monitor", "reconcile", "upgrade"]
+               "stats", "metrics", "monitor", "reconcile", "upgrade", "policy"]
     result = _probe("vnetdp.cli", [
         ["--help"],
         *([cmd, "--help"] for cmd in product),
@@ -73,7 +73,7 @@ def test_product_command_refuses_lab_and_bench(tmp_path):
 
 
 def test_lab_command_carries_the_lab_and_loads_bench_only_to_run_it(tmp_path):
-    commands = ["up", "down", "demo", "docker-demo", "bench"]
+    commands = ["up", "down", "demo", "docker-demo", "nsg", "route", "lb", "public-ip", "bench"]
     result = _probe("vnetdp.lab.cli", [["--help"], *([cmd, "--help"] for cmd in commands)], cwd=tmp_path)
     assert [c["code"] for c in result["calls"]] == [0] * (len(commands) + 1), result["calls"]
     assert "{" + ",".join(commands) + "}" in result["calls"][0]["out"]

@@ -215,3 +215,20 @@ def test_render_says_what_was_done():
     text = R.render(R.Result(found, remaining=[], fixed=True))
     assert "-> fixed" in text and "a second look finds the node clean" in text
     assert R.render(R.Result([])).startswith("clean")
+
+
+def test_an_endpoint_whose_public_ip_came_or_went_has_its_flag_set_or_cleared():
+    """The metadata document gives pod 1 a public IP and took pod 2's away."""
+    from vnetdp.datapath import maps as M
+
+    o = healthy(1, 2, 3)
+    o.public_ips = {ipaddress.IPv4Address("10.3.2.1"): ipaddress.IPv4Address("198.19.2.1"),
+                    ipaddress.IPv4Address("10.3.2.3"): ipaddress.IPv4Address("198.19.2.3")}
+    for n, flags in ((2, M.EP_PUBLIC_IP), (3, M.EP_PUBLIC_IP)):
+        address = ipaddress.IPv4Address(f"10.3.2.{n}")
+        o.endpoints[address] = dataclasses.replace(o.endpoints[address], flags=flags)
+    found = R.differences(o)
+    assert [(d.kind, d.subject, d.repair) for d in found] == [
+        ("public-ip-flag", "10.3.2.1", "set the endpoint's public-IP flag"),
+        ("public-ip-flag", "10.3.2.2", "clear the endpoint's public-IP flag")]
+    assert "198.19.2.1" in found[0].detail

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from vnetdp import netns
+from vnetdp.lab import nmagent
 from vnetdp.lab import plan as P
 
 
@@ -58,4 +59,9 @@ def invoke(vm_ns: str, bin_dir: str, command: str, conf: dict | bytes | str, con
 
 
 def nmagent_url() -> str:
-    return f"http://127.0.0.1:{P.NMAGENT_PORT}/machine/plugins?comp=nmagent&type=getinterfaceinfov1"
+    return f"http://127.0.0.1:{P.NMAGENT_PORT}{nmagent.PATH}"
+
+
+def metadata_url() -> str:
+    """The VM's instance metadata network document, as its node setting ``metadataUrl`` names it."""
+    return f"http://127.0.0.1:{P.NMAGENT_PORT}{nmagent.METADATA_PATH}?{nmagent.METADATA_QUERY}"

@@ -1,8 +1,9 @@
 """Many short TCP connections from lab namespaces to a line-echo server.
 
 Used by the SNAT tests (every connection must succeed, concurrent flows must
-never share a translated source) and by the benchmark (connections per
-second). Everything runs in one asyncio loop of the calling thread; sockets
+never share a translated source), the benchmark (connections per second),
+and the VNet features' tests and demo rows (public IPs, the load balancer).
+Everything runs in one asyncio loop of the calling thread; sockets
 are created inside the namespace they belong to and keep it.
 """
 from __future__ import annotations
@@ -82,6 +83,22 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, t
         raise AssertionError(f"{token} got the echo of {echoed}")
     host, port = seen.rsplit(":", 1)
     return host, int(port)
+
+
+async def source_seen(server_ns: str, listen: tuple[str, int], client_ns: str, dest: tuple[str, int]) -> str:
+    """The source an echo server in ``server_ns`` listening on ``listen`` sees
+    when ``client_ns`` connects to ``dest`` (``listen`` itself, or an address
+    the fabric translates to it)."""
+    server = await EchoServer(server_ns, *listen).start()
+    try:
+        reader, writer = await open_from(client_ns, dest)
+        try:
+            return (await exchange(reader, writer, "who"))[0]
+        finally:
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @dataclass(frozen=True)

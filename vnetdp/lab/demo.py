@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vnetdp.lab import fabric, probe
+from vnetdp.lab import fabric, fabric_nsg, probe
 from vnetdp.lab import plan as P
 from vnetdp.lab.observe import bridges, counters
 from vnetdp.lab.topology import Lab
@@ -31,10 +31,23 @@ def matrix_paths(lab: Lab) -> list[Path]:
         Path("pod-peer VM", pod(vm1, 1), p.peer, str(P.PEER_IP), vm1),
         Path("host-pod", vm1.ns, pod(vm1, 1), ip(vm1, 1), vm1),
         Path("pod-internet", pod(vm1, 1), p.inet, str(P.INET_IP), vm1),
+        Path("pod-peered VNet", pod(vm1, 1), p.host_ns(P.PEERED_VM), str(P.PEERED_VM.ip), vm1),
     ]
 
 
-HEADER = f"{'path':<20} {'from -> to':<40} {'ping ms':>8} {'TCP Gbit/s':>10}  datapath counters moved"
+#: the NSG row's group: TCP to iperf's port denied into VM 2's NIC; ping still allowed
+DEMO_NSG = {"name": "demo", "properties": {"securityRules": [{"name": "deny-iperf", "properties": {
+    "priority": 100, "direction": "Inbound", "access": "Deny", "protocol": "Tcp",
+    "sourceAddressPrefix": "VirtualNetwork", "sourcePortRange": "*",
+    "destinationAddressPrefix": "*", "destinationPortRange": str(probe.IPERF_PORT)}}]}}
+
+
+def matrix_line(name: str, path: str, ms: str, gbps: str, note: str) -> str:
+    """One line of the matrix, in its columns."""
+    return f"{name:<20} {path:<40} {ms:>8} {gbps:>10}  {note}"
+
+
+HEADER = matrix_line("path", "from -> to", "ping ms", "TCP Gbit/s", "datapath counters moved")
 
 
 def measure(lab: Lab, name: str, src: str, dst: str, vm: P.Vm, ping: Callable[[], probe.ProbeResult],
@@ -56,7 +69,7 @@ def measure(lab: Lab, name: str, src: str, dst: str, vm: P.Vm, ping: Callable[[]
         note += f" (fabric dropped: {fab_moved})"
     ms = f"{pinged.value:.3f}" if pinged.ok and pinged.value is not None else "FAIL"
     gbps = f"{transfer.value:.2f}" if transfer and transfer.ok else "-"
-    return f"{name:<20} {src + ' -> ' + dst:<40} {ms:>8} {gbps:>10}  {note}", works
+    return matrix_line(name, f"{src} -> {dst}", ms, gbps, note), works
 
 
 def pod_rows(lab: Lab, out=print) -> bool:
@@ -69,6 +82,23 @@ def pod_rows(lab: Lab, out=print) -> bool:
         out(row)
         all_ok &= works
     return all_ok
+
+
+def nsg_row(lab: Lab, out=print) -> bool:
+    """The across-VMs path under a fabric NSG on VM 2's NIC that denies TCP to
+    iperf's port: True when ping passed and the fabric dropped the TCP."""
+    path = next(p for p in matrix_paths(lab) if p.name == "pod-pod across VMs")
+    counter = fabric_nsg.counter_name(DEMO_NSG["name"], "deny-iperf")
+    fabric_nsg.apply(lab.plan, DEMO_NSG, nics=[lab.plan.vm(2).name])
+    try:
+        row, works = measure(lab, "NSG denies TCP", path.src_ns, path.dst, path.vm,
+                             lambda: probe.ping(path.src_ns, path.dst),
+                             lambda: probe.tcp_transfer(path.src_ns, path.dst_ns, path.dst))
+        blocked = fabric.counters(lab.plan).get(counter, 0) > 0
+    finally:
+        fabric_nsg.delete(lab.plan, DEMO_NSG["name"])
+    out(row)
+    return not works and blocked and probe.ping(path.src_ns, path.dst, count=1).ok
 
 
 def run_demo(lab_id: str = "", pool: int = 30, out=print, pods: bool = True, docker: bool = False) -> bool:
@@ -84,9 +114,15 @@ def run_demo(lab_id: str = "", pool: int = 30, out=print, pods: bool = True, doc
     try:
         for vm, j in [(lab.plan.vm(1), 1), (lab.plan.vm(1), 2), (lab.plan.vm(2), 1)]:
             lab.add_pod(vm, j)
-        out(f"lab up: 2 VMs with {pool} secondary addresses each, peer 10.3.0.100, internet {P.INET_IP}")
+        out(f"lab up: 2 VMs with {pool} secondary addresses each, peer {P.PEER_IP}, "
+            f"peered VNet {P.PEERED_VNET} (VM {P.PEERED_VM.ip}), internet {P.INET_IP}")
         out(HEADER)
-        all_ok = pod_rows(lab, out) if pods else True
+        all_ok = True
+        if pods:
+            from vnetdp.lab import demo_features
+
+            all_ok = (pod_rows(lab, out) & nsg_row(lab, out) & demo_features.public_ip_rows(lab, out)
+                      & demo_features.load_balancer_row(lab, out))
         if docker:
             all_ok &= docker_demo.container_rows(lab, out)
         for vm in lab.plan.all_vms:

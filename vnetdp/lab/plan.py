@@ -11,7 +11,12 @@ PEER_IP = ipaddress.IPv4Address("10.3.0.100")
 PEER_MAC = "00:0d:3a:00:00:64"
 INET_IP = ipaddress.IPv4Address("198.18.0.1")
 INET_FABRIC_IP = ipaddress.IPv4Address("198.18.0.254")
-NMAGENT_PORT = 8080
+INTERNET = ipaddress.IPv4Network("198.18.0.0/15")   # the lab's internet (the tag Internet)
+PEERED_VNET = ipaddress.IPv4Network("10.4.0.0/16")  # the hub: a VNet peered with VNET
+#: public IPs the fabric gives secondary addresses, in the lab's internet, away from INET_IP's /24
+PUBLIC_IPS = ipaddress.IPv4Network("198.19.0.0/16")
+LB_FRONTEND = ipaddress.IPv4Address("10.3.0.200")    # the internal load balancer's frontend address
+NMAGENT_PORT = 8080   # the interface and instance metadata documents, on 127.0.0.1 in each VM
 LAB_ROOT = "/run/vnetdp-lab"
 
 
@@ -34,6 +39,45 @@ class Vm:
 
     def secondaries(self, pool: int) -> list[ipaddress.IPv4Address]:
         return [ipaddress.IPv4Address(f"10.3.{self.k}.{i}") for i in range(1, pool + 1)]
+
+
+def public_ip(private: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+    """The public IP the lab gives secondary address 10.3.k.j: 198.19.k.j."""
+    if private not in VNET:
+        raise ValueError(f"{private} is not in the VNet {VNET}")
+    return PUBLIC_IPS[int(private) - int(VNET.network_address)]
+
+
+@dataclass(frozen=True)
+class Host:
+    """A VM without vnetdp, one address on one NIC: its fabric link and
+    namespace role are both ``role``. ``forwards``: the NIC has IP forwarding
+    enabled (the fabric lets it send other addresses), as an appliance's has."""
+
+    role: str
+    mac: str
+    ip: ipaddress.IPv4Address
+    subnet: str
+    forwards: bool = False
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return next(SUBNETS[self.subnet].hosts())
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{self.ip}/{SUBNETS[self.subnet].prefixlen}")
+
+
+VNET_SUBNET, HUB_SUBNET = "default", "hub"
+#: subnet name -> prefix: the VNet's one subnet (every lab VM's), and the peered hub's
+SUBNETS = {VNET_SUBNET: VNET, HUB_SUBNET: PEERED_VNET}
+PEER = Host("peer", PEER_MAC, PEER_IP, VNET_SUBNET)
+PEERED_VM = Host("peered", "00:0d:3a:00:01:04", ipaddress.IPv4Address("10.4.0.4"), HUB_SUBNET)
+APPLIANCE = Host("nva", "00:0d:3a:00:01:c8", ipaddress.IPv4Address("10.4.0.200"), HUB_SUBNET, forwards=True)
+HOSTS = (PEER, PEERED_VM, APPLIANCE)
+#: what the tag VirtualNetwork stands for, in either VNet: its space and the peered one
+VNET_SPACE = (VNET, PEERED_VNET)
 
 
 @dataclass(frozen=True)
@@ -67,7 +111,20 @@ class Plan:
 
     @property
     def peer(self) -> str:
-        return self.ns("peer")
+        return self.ns(PEER.role)
+
+    def host_ns(self, host: Host) -> str:
+        return self.ns(host.role)
+
+    @property
+    def nics(self) -> list[str]:
+        """Every NIC's fabric link: the VMs', then the other hosts'."""
+        return [vm.name for vm in self.all_vms] + [h.role for h in HOSTS]
+
+    def subnet_links(self, subnet: str) -> list[str]:
+        """The fabric links of the NICs in ``subnet``."""
+        vms = [vm.name for vm in self.all_vms] if subnet == VNET_SUBNET else []
+        return vms + [h.role for h in HOSTS if h.subnet == subnet]
 
     def vm(self, k: int) -> Vm:
         return Vm(k, self.ns(f"vm{k}"))

@@ -64,10 +64,12 @@ def until_listening(attempt: Callable[[], T | None], tries: int = 50) -> T | Non
     return None
 
 
-def tcp_transfer(src_ns: str, dst_ns: str, dst: str, seconds: int = 1) -> ProbeResult:
-    """iperf3 from src_ns to a one-shot server in dst_ns listening on dst."""
+def tcp_transfer(src_ns: str, dst_ns: str, dst: str, seconds: int = 1, connect: str | None = None) -> ProbeResult:
+    """iperf3 from src_ns to a one-shot server in dst_ns listening on dst
+    (``connect``: the address the client connects to, when the fabric
+    translates it to dst)."""
     def client() -> ProbeResult | None:
-        proc = in_ns(src_ns, ["iperf3", "-c", str(dst), "-p", str(IPERF_PORT), "-t", str(seconds),
+        proc = in_ns(src_ns, ["iperf3", "-c", str(connect or dst), "-p", str(IPERF_PORT), "-t", str(seconds),
                               "-J", "--connect-timeout", "1000"], check=False, timeout=seconds + 15)
         result = iperf_json(proc.stdout)
         if proc.returncode == 0 and "error" not in result:
@@ -120,3 +122,25 @@ def icmp_sweep(src_ns: str, addresses: list[str], timeout: float = 3.0) -> set[s
             if kind == 0 and rid == ident:
                 answered.add(src)
     return answered
+
+
+def tcp_connect(src_ns: str, dst_ns: str, dst: str, port: int, timeout: float = 2.0) -> str | None:
+    """One TCP connection from ``src_ns`` to a listener in ``dst_ns`` on
+    ``dst:port``: the source address the listener saw, or None when the
+    connection did not open within ``timeout``."""
+    import socket
+
+    from vnetdp import netns
+
+    with netns.enter(dst_ns):
+        listener = socket.create_server((dst, port))
+    with listener:
+        client = in_ns(src_ns, ["python3", "-c", "import socket; "
+                                f"socket.create_connection(('{dst}', {port}), {timeout}).close()"],
+                       check=False, timeout=timeout + 10)
+        if client.returncode != 0:
+            return None
+        listener.settimeout(timeout)
+        conn, peer = listener.accept()
+        conn.close()
+        return peer[0]

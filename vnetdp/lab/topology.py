@@ -22,7 +22,7 @@ from vnetdp.datapath import bpffs
 from vnetdp.datapath.node import Node, NodeSettings
 from vnetdp.datapath.settings import NodeSettingsFile
 from vnetdp.files import atomic_write
-from vnetdp.lab import cni, fabric, nmagent
+from vnetdp.lab import cni, fabric, fabric_routes, nmagent
 from vnetdp.lab import plan as P
 from vnetdp.lab.shell import ip_batch, run
 from vnetdp.network.records import PodRecords
@@ -44,11 +44,24 @@ def lab_namespaces(prefix: str) -> list[str]:
     return sorted(n for n in names if n.startswith(prefix))
 
 
+def running_plan(lab_id: str) -> P.Plan:
+    """The plan of a lab that is up, its number of VMs read from its namespaces."""
+    plan = P.Plan(lab_id)
+    names = set(lab_namespaces(plan.prefix))
+    vms = sum(1 for k in range(1, 10) if plan.ns(f"vm{k}") in names)
+    if not vms:
+        raise LabError(f"lab {lab_id or 'default'} is not up (vnetdp-lab up)")
+    return P.Plan(lab_id, vms=vms)
+
+
 class Lab:
     def __init__(self, plan: P.Plan, **node_settings) -> None:
         self.plan = plan
-        # Every VM's node settings (config names, e.g. nicAttach="xdp"), set at install.
-        self.node_settings = {"master": "eth0", **node_settings}
+        # Every VM's node settings (config names, e.g. nicAttach="xdp"), set at install;
+        # the peered VNet is on the VNet: not translated; pods' public IPs are learnt
+        # from the VM's metadata document.
+        self.node_settings = {"master": "eth0", "vnetCidrs": [str(n) for n in P.VNET_SPACE],
+                              "metadataUrl": cni.metadata_url(), **node_settings}
         self.state_file = os.path.join(plan.dir, "state.json")
 
     # --- state ---------------------------------------------------------
@@ -85,14 +98,17 @@ class Lab:
 
     def _build(self) -> None:
         p = self.plan
-        for ns in [p.fabric, p.inet, p.peer, *(vm.ns for vm in p.all_vms)]:
+        for ns in [p.fabric, p.inet, *(p.host_ns(h) for h in P.HOSTS), *(vm.ns for vm in p.all_vms)]:
             run(["ip", "netns", "add", ns])
         for vm in p.all_vms:
             fabric.link_veth(vm.ns, "eth0", vm.mac, p.fabric, vm.name, P.GATEWAY_MAC)
-        fabric.link_veth(p.peer, "eth0", P.PEER_MAC, p.fabric, "peer", P.GATEWAY_MAC)
+        for h in P.HOSTS:
+            fabric.link_veth(p.host_ns(h), "eth0", h.mac, p.fabric, h.role, P.GATEWAY_MAC)
         fabric.link_veth(p.inet, "eth0", "02:00:c6:12:00:01", p.fabric, "inet", P.GATEWAY_MAC)
         fabric.build(p)
-        self._host(p.peer, P.PEER_IP, P.GATEWAY)
+        for h in P.HOSTS:
+            self._host(p.host_ns(h), h.interface, h.gateway)
+        fabric_routes.start_appliance(p)
         self._host(p.inet, ipaddress.IPv4Interface(f"{P.INET_IP}/24"), P.INET_FABRIC_IP)
         for vm in p.all_vms:
             self._host(vm.ns, vm.primary, P.GATEWAY)
@@ -115,10 +131,10 @@ class Lab:
                       f"route add default via {gateway} dev eth0"])
 
     def _start_nmagent(self, vm: P.Vm) -> None:
-        doc = os.path.join(self.plan.dir, vm.name, "interfaces.xml")
-        with open(doc, "w") as f:
-            f.write(nmagent.interface_document(vm.mac, P.VNET, vm.primary, vm.secondaries(self.plan.pool)))
-        proc = self._start(vm, SERVER_MODULE, [doc, str(P.NMAGENT_PORT)])
+        """The VM's interface and metadata documents, served in its namespace."""
+        directory = os.path.join(self.plan.dir, vm.name)
+        nmagent.write_documents(directory, vm.mac, P.VNET, vm.primary, vm.secondaries(self.plan.pool))
+        proc = self.start(vm.ns, SERVER_MODULE, [directory, str(P.NMAGENT_PORT)])
 
         def listening() -> bool:
             with netns.enter(vm.ns):
@@ -128,23 +144,32 @@ class Lab:
                 except OSError:
                     return False
 
-        _wait_for(listening, proc, f"interface document server in {vm.ns}")
+        _wait_for(listening, proc, f"document server in {vm.ns}")
 
     def _start_agent(self, vm: P.Vm) -> None:
         """The node agent (CNI fast path, SNAT sweeps), up before the first pod."""
-        proc = self._start(vm, CLI_MODULE, ["agent", "--state-dir", self.plan.state_dir(vm),
+        proc = self.start(vm.ns, CLI_MODULE, ["agent", "--state-dir", self.plan.state_dir(vm),
                                             "--bpffs-dir", self.node_bpffs_dir(vm),
                                             "--sweep-every", str(SWEEP_EVERY_S)])
         _wait_for(lambda: os.path.exists(defaults.agent_socket(self.plan.state_dir(vm))), proc,
                   f"agent in {vm.ns}")
 
-    def _start(self, vm: P.Vm, module: str, args: list[str]) -> subprocess.Popen:
-        """A lab process in the VM's namespace, recorded for ``down``."""
-        proc = subprocess.Popen(["ip", "netns", "exec", vm.ns, sys.executable, "-m", module, *args],
+    def start(self, ns: str, module: str, args: list[str]) -> subprocess.Popen:
+        """A lab process (``python -m module args``) in namespace ``ns``, recorded for ``down``."""
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", module, *args],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         self._record("pids", [proc.pid, module])
         return proc
+
+    def stop(self, module: str) -> None:
+        """Stop the lab's processes of ``module`` (by PID, only ours) and forget them."""
+        state = self._state()
+        for pid, name in state["pids"]:
+            if name == module:
+                _stop_own_process(pid, module)
+        state["pids"] = [entry for entry in state["pids"] if entry[1] != module]
+        self._write_state(state)
 
     # --- per VM --------------------------------------------------------
     def node_bpffs_dir(self, vm: P.Vm) -> str:

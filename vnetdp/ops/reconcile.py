@@ -2,8 +2,9 @@
 and (``--fix``) putting them back in line (SPEC §10: restart and reconcile).
 
 What is compared: the pod records (what the network plugin created), the
-IPAM store's allocations (vnetdp-ipam's), the endpoint map, the host veths
-(``vnd`` + 11 hex digits) and link pins, the attachments (both pod programs
+IPAM store's allocations (vnetdp-ipam's), the endpoint map (the public-IP
+flags against the instance metadata document: ``vnetdp.public_ips``), the
+host veths (``vnd`` + 11 hex digits) and link pins, the attachments (both pod programs
 on every recorded host veth, the pods' XDP pass programs when the NIC runs
 XDP, the NIC's program at every hook ``nic_hooks`` names) against the build
 the node runs, and the pinned builds. The records are the reference: a
@@ -29,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from vnetdp import naming, plugins
+from vnetdp.datapath import maps as M
 from vnetdp.datapath.node import nic_hooks
 from vnetdp.endpoint import POD_PROGRAMS as POD_HOOKS
 from vnetdp.endpoint import POD_XDP_HOOK
@@ -90,6 +92,7 @@ class Observed:
     nic_error: str = ""
     netns_alive: dict[str, bool] = field(default_factory=dict)   # record netns path -> is a netns
     problems: dict[str, list[str]] = field(default_factory=dict)  # veth -> other endpoint.check problems
+    public_ips: dict[IPv4, IPv4] = field(default_factory=dict)    # addresses with a public IP (vnetdp.public_ips)
 
 
 @dataclass
@@ -181,6 +184,14 @@ def differences(o: Observed) -> list[Difference]:
                 if wrong:
                     add(Difference("map-entry-wrong", r.address, f"{pod}: the map entry has " + "; ".join(wrong),
                                    "rewrite it from the record and the live veth", record=r))
+                public = o.public_ips.get(ip)
+                if bool(entry.flags & M.EP_PUBLIC_IP) != (public is not None):
+                    add(Difference("public-ip-flag", r.address,
+                                   f"{pod}: the metadata document gives it the public IP {public}, but its traffic "
+                                   "beyond the VNet is translated" if public else
+                                   f"{pod}: the metadata document gives it no public IP, but its traffic beyond "
+                                   "the VNet leaves untranslated",
+                                   f"{'set' if public else 'clear'} the endpoint's public-IP flag", record=r))
         for hook, prog in POD_HOOKS.items():
             have, want = o.attachments.get((name, hook)), o.programs.get(prog)
             if have is None:
@@ -305,7 +316,7 @@ def observe(node, state_dir: str) -> Observed:
     """Read the node (its stores, pins and the calling thread's namespace)."""
     from pyroute2 import IPRoute
 
-    from vnetdp import endpoint, netns
+    from vnetdp import endpoint, netns, public_ips
     from vnetdp.datapath import attach, bpffs
     from vnetdp.ipam.errors import IpamError
     from vnetdp.ipam.store import Store
@@ -334,6 +345,7 @@ def observe(node, state_dir: str) -> Observed:
                                for ip, ep in m.endpoints().items()}
         except Exception as e:  # a map missing or of another layout: say so, compare the rest
             o.maps_error = f"the maps in {node.bpffs.maps_dir} cannot be opened: {e}"
+    o.public_ips = public_ips.current(node.settings, max_age=0)   # the document now
     with contextlib.suppress(FileNotFoundError):
         o.pins = sorted(p for p in os.listdir(node.bpffs.links_dir))
     for r in o.records:
@@ -395,9 +407,8 @@ def repair(node, state_dir: str, found: list[Difference]) -> None:
     status "fixed" or "failed" (with the error)."""
     from pyroute2 import IPRoute
 
-    from vnetdp import endpoint, links, netns
+    from vnetdp import endpoint, links, netns, public_ips
     from vnetdp.datapath import attach, snat
-    from vnetdp.datapath import maps as M
     from vnetdp.ipam.store import Store
     from vnetdp.network.records import PodRecords
 
@@ -458,10 +469,15 @@ def repair(node, state_dir: str, found: list[Difference]) -> None:
             pod_mac = r.pod_mac or (old.pod_mac if old else None) or _pod_mac(r)
             if not pod_mac:
                 raise RuntimeError(f"the pod MAC of {r.address} is neither recorded nor readable in {r.netns}")
-            flags = old.flags if old is not None else 0
+            flags = old.flags if old is not None else public_ips.flag(node.settings, IPv4(r.address))
             if old is None and m.bandwidth(r.address) is not None:
                 flags |= getattr(M, "EP_BANDWIDTH", 0)  # its rate limits are still in their map
             m.put_endpoint(r.address, M.Endpoint(veth.index, pod_mac, veth.mac, flags))
+
+    def public_ip(d: Difference) -> None:
+        want = public_ips.flag(node.settings, IPv4(d.subject))  # the document as it is now
+        with node.maps() as m:
+            m.update_endpoint_flags(d.subject, add=want, remove=M.EP_PUBLIC_IP & ~want)
 
     def route(d: Difference) -> None:
         r = d.record
@@ -518,6 +534,7 @@ def repair(node, state_dir: str, found: list[Difference]) -> None:
     do(("map-entry-stray",), map_stray)
     do(("veth-missing",), recreate)
     do(("map-entry-missing", "map-entry-wrong"), write_entry)
+    do(("public-ip-flag",), public_ip)
     do(("route-missing",), route)
     do(("program-missing", "program-stale"), program)
     do(("pod-xdp-missing",), pod_xdp)
