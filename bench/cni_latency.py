@@ -1,7 +1,10 @@
 """CNI ADD and DEL latency: vnetdp's installed plugin against the reference
 ``bridge`` + ``host-local`` plugins (Debian's containernetworking-plugins),
 each called as a runtime calls it, in a lab VM namespace; and the wall time
-of many ADDs started at once."""
+of many ADDs started at once. For vnetdp, also each call's phases as the
+plugin timed them inside itself (its call spool, ``vnetdp.cni.logs``): the
+call's wall time less the plugin's ``total`` is the entry point's start-up
+and the hand-off to the agent."""
 from __future__ import annotations
 
 import json
@@ -11,13 +14,18 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import defaultdict
 
 from bench.topologies import Vnetdp
 from vnetdp import netns
+from vnetdp.cni import logs
 from vnetdp.lab import cni
 from vnetdp.lab.shell import ip_batch, run
 
 REFERENCE_DIR = "/usr/lib/cni"
+#: The phases of an ADD, in the order they run ("total": the whole call inside the plugin).
+#: DEL has "endpoint" and "ipam".
+PHASES = ("ipam", "node", "veth", "addresses", "attach", "total")
 
 
 class Reference:
@@ -41,6 +49,10 @@ class Reference:
         return cni.invoke(self.node, REFERENCE_DIR, command, self.conf, container_id=self.pod(j),
                           pod_netns=netns.path_of(self.pod(j)), plugin="bridge",
                           extra_env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+    def spool(self) -> None:
+        """The reference plugins time no phases."""
+        return None
 
     def start(self, command: str, j: int) -> subprocess.Popen:
         return _start(self.node, os.path.join(REFERENCE_DIR, "bridge"), self.conf, command, self.pod(j),
@@ -72,6 +84,12 @@ class Ours:
         return _start(self.t.vm.ns, os.path.join(self.t.lab.cni_bin_dir(self.t.vm), "vnetdp"), self.t.conf,
                       command, self.pod(j), {"CNI_PATH": self.t.lab.cni_bin_dir(self.t.vm)})
 
+    def spool(self) -> logs.SpoolReader:
+        """The VM's call spool, read from now on (what earlier calls left is skipped)."""
+        reader = logs.SpoolReader(logs.CallSpool(self.t.lab.plan.state_dir(self.t.vm)))
+        reader.read()
+        return reader
+
 
 def _start(node_ns: str, exe: str, conf: dict, command: str, pod: str, env: dict) -> subprocess.Popen:
     stdin = tempfile.TemporaryFile()
@@ -89,8 +107,11 @@ def _netns(names: list[str]) -> None:
 
 
 def latency(plugin, n: int) -> dict:
-    """n sequential ADDs then n DELs; seconds of each call."""
-    _netns([plugin.pod(j) for j in range(n)])
+    """n sequential ADDs then n DELs; seconds of each call, and for a plugin
+    that times them, ``phases``: command -> phase -> seconds of each call."""
+    pods = [plugin.pod(j) for j in range(n)]
+    _netns(pods)
+    spool = plugin.spool()
     adds, dels = [], []
     for j in range(n):
         call = plugin.call("ADD", j)
@@ -99,8 +120,21 @@ def latency(plugin, n: int) -> dict:
         adds.append(call.seconds)
     for j in range(n):
         dels.append(plugin.call("DEL", j).seconds)
-    ip_batch(None, [f"netns del {plugin.pod(j)}" for j in range(n)])
-    return {"add_s": adds, "del_s": dels}
+    ip_batch(None, [f"netns del {pod}" for pod in pods])
+    out = {"add_s": adds, "del_s": dels}
+    if spool is not None:
+        out["phases"] = _phases(spool.read(), set(pods))
+    return out
+
+
+def _phases(records: list[dict], pods: set[str]) -> dict[str, dict[str, list[float]]]:
+    """command -> phase -> seconds, from the plugin's records of its successful calls for ``pods``."""
+    found: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.get("container_id") in pods and r.get("result") == "ok":
+            for name, seconds in r.get("phases", {}).items():
+                found[r["command"]][name].append(seconds)
+    return {command: dict(phases) for command, phases in found.items()}
 
 
 def parallel_adds(plugin, n: int) -> dict:

@@ -177,10 +177,30 @@ def _program_lines(results: dict) -> list[str]:
     return lines
 
 
-def _percentile_ms(sorted_s: list[float], p: int) -> str:
-    if not sorted_s:
-        return "-"
-    return f"{sorted_s[min(len(sorted_s) - 1, round(p / 100 * (len(sorted_s) - 1)))] * 1000:.0f}"
+def _policy_lines(results: dict) -> list[str]:
+    """Node policy's cost by rule count (0: no rule set): ns per packet, and
+    the control plane's ms."""
+    rows = results.get("policy") or []
+    if not rows:
+        return []
+    counts = sorted({r["rules"] for r in rows})
+    lines = ["", "Node policy (BPF_PROG_TEST_RUN ns/packet; control plane ms) by rules in the pod's rule set", "",
+             "| case | " + " | ".join("no rule set" if c == 0 else f"{c} rules" for c in counts) + " |",
+             "|---|" + "---|" * len(counts)]
+    by_case: dict = defaultdict(dict)
+    for r in rows:
+        by_case[r["case"]][r["rules"]] = r.get("ns_per_packet", r.get("ms"))
+    for case, row in by_case.items():
+        lines.append(f"| {case} | " + " | ".join(str(row.get(c, "-")) for c in counts) + " |")
+    return lines
+
+
+def _percentile(sorted_s: list[float], p: int) -> float:
+    return sorted_s[min(len(sorted_s) - 1, round(p / 100 * (len(sorted_s) - 1)))]
+
+
+def _percentile_ms(sorted_s: list[float], p: int, digits: int = 0) -> str:
+    return f"{_percentile(sorted_s, p) * 1000:.{digits}f}" if sorted_s else "-"
 
 
 def _cni_lines(results: dict) -> list[str]:
@@ -193,6 +213,19 @@ def _cni_lines(results: dict) -> list[str]:
         par = ", ".join(f"{p['n']}: {p['wall_s']:.1f} s ({p['succeeded']} ok)" for p in r["parallel"])
         lines.append(f"| {name} | {_percentile_ms(adds, 50)} | {_percentile_ms(adds, 99)} | "
                      f"{_percentile_ms(dels, 50)} | {_percentile_ms(dels, 99)} | {par} |")
+    return lines + _phase_lines(results)
+
+
+def _phase_lines(results: dict) -> list[str]:
+    """vnetdp's ADD by phase (as its call log times them), p50 and p99 in ms."""
+    phases = results["cni"].get("vnetdp", {}).get("sequential", {}).get("phases", {}).get("ADD")
+    if not phases:
+        return []
+    lines = ["", "vnetdp ADD by phase (ms, inside the plugin)", "", "| phase | p50 | p99 |", "|---|---|---|"]
+    for name in cni_latency.PHASES:
+        if name in phases:
+            took = sorted(phases[name])
+            lines.append(f"| {name} | {_percentile_ms(took, 50, 1)} | {_percentile_ms(took, 99, 1)} |")
     return lines
 
 
@@ -204,7 +237,7 @@ def markdown(results: dict) -> str:
     lines += _legend(results) + _medians(results, table)
     lines += ["", f"Ratios (to `{BASE}`, and vnetdp to each bridge)", ""] + _ratios(results, table)
     lines += _added(results) + _footnote(table) + _scale_lines(results) + _profile_lines(results)
-    lines += _program_lines(results) + _cni_lines(results)
+    lines += _program_lines(results) + _policy_lines(results) + _cni_lines(results)
     return "\n".join(lines) + "\n"
 
 

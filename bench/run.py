@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from bench import cni_latency, ctools, metrics, profiling, progcost, report
+from bench import cni_latency, ctools, metrics, policy_cost, profiling, progcost, report
 from bench import topologies as T
 
 TOPOLOGIES = ["limit", "bridge-nf", "bridge", "vnetdp-tc", "vnetdp-xdp", "direct"]
@@ -88,7 +88,7 @@ def run(mode_name: str = "quick", out_dir: str | None = None, topologies: list[s
     progress = Progress(len(topos))
     results: dict = {"mode": mode.name, "rounds": mode.rounds, "machine": machine(),
                      "started": datetime.datetime.now().isoformat(), "topologies": {}, "unavailable": {},
-                     "samples": [], "scale": [], "profile": {}, "programs": [], "cni": {}}
+                     "samples": [], "scale": [], "profile": {}, "programs": [], "policy": [], "cni": {}}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stopped run still tears down
     try:
         built = []
@@ -127,7 +127,8 @@ def run(mode_name: str = "quick", out_dir: str | None = None, topologies: list[s
                 progress.step(f"{topo.name:<10} profiled")
         if mode.prog_repeat:
             results["programs"] = progcost.measure([1, 50, 250], mode.prog_repeat)
-            progress.step("per-program cost")
+            results["policy"] = policy_cost.measure([1, 100, 1000], mode.prog_repeat)
+            progress.step("per-program cost, without and with node policy")
         if mode.cni_calls:
             results["cni"] = control_plane(mode)
             progress.step("CNI latency")

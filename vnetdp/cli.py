@@ -17,6 +17,8 @@ Examples:
   (status, endpoints, stats, metrics, monitor: --state-dir D --bpffs-dir D --netns NS for a node elsewhere)
   vnetdp reconcile [--fix] [--json]                 records, IPAM, map, veths, attachments: differences
   vnetdp upgrade [--cflags F ...] [--rollback] [--json]   swap in the sources' build, no packet lost
+  vnetdp policy apply FILE [--pod NS/NAME|NS/*] [--address PREFIX] [--docker-network ID] [--node-default]
+  vnetdp policy show [--json] | policy delete NAME  security rules (NSG model) the datapath enforces
 
 The emulated lab and the benchmark are a separate command, ``vnetdp-lab``: this
 one runs on nodes and never loads them.
@@ -91,7 +93,8 @@ def _install(args: argparse.Namespace) -> int:
 
     for item in install(args.cni_bin_dir, args.cni_conf_dir, args.state_dir, args.bpffs_dir,
                         args.ipam_url, compile_programs=not args.no_compile,
-                        node_settings=dict(map(_setting, args.set)), cni_version=args.cni_version):
+                        node_settings=dict(map(_setting, args.set)), cni_version=args.cni_version,
+                        python_entry=args.python_entry):
         print(f"installed {item}")
     return 0
 
@@ -327,6 +330,57 @@ def _upgrade(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _policy(args: argparse.Namespace) -> int:
+    from vnetdp.datapath.bpffs import Bpffs
+    from vnetdp.policy import enforce, report, store
+
+    maps_dir = Bpffs(args.bpffs_dir).maps_dir
+    if args.action == "show":
+        found = report.show(args.state_dir, maps_dir)
+        print(json.dumps(found, indent=2) if args.json else report.render(found))
+        return 0
+    if args.action == "apply":
+        selectors = store.Selectors.parse(args.pod, args.address, args.docker_network, args.node_default)
+        document = store.read_document(args.file)
+        done = enforce.apply(args.state_dir, maps_dir, document, selectors)
+        what = f"rule set {document['name']} applied to {selectors.describe()}"
+    else:
+        done = enforce.delete(args.state_dir, maps_dir, args.name)
+        what = f"rule set {args.name} deleted"
+    if done is None:
+        print(f"{what}; no datapath on this node yet: its first pod gets it")
+    else:
+        print(f"{what}; {len(done.endpoints)} endpoints have a rule set, "
+              f"{done.flows_removed} flows the new rules deny forgotten")
+    return 0
+
+
+def _add_policy(sub) -> None:
+    """``policy`` (SPEC §11): rule sets in the NSG model, enforced per endpoint by the datapath."""
+    from vnetdp import defaults
+
+    pol = sub.add_parser("policy", help="security rules (network security groups) the datapath enforces per pod")
+    actions = pol.add_subparsers(dest="action", required=True)
+    apply = actions.add_parser("apply", help="put a group in force (replacing one of its name) for the endpoints "
+                                             "selected; a bad file is refused whole")
+    apply.add_argument("file", help="a network security group as JSON, in the cloud's format")
+    apply.add_argument("--pod", action="append", default=[], metavar="NS/NAME",
+                       help="pods by namespace and name, or every pod of a namespace (NS/*); repeatable")
+    apply.add_argument("--address", action="append", default=[], metavar="PREFIX",
+                       help="endpoints whose address a prefix holds (the longest prefix wins); repeatable")
+    apply.add_argument("--docker-network", action="append", default=[], metavar="ID",
+                       help="the endpoints of a Docker network (its ID, 12 digits or more); repeatable")
+    apply.add_argument("--node-default", action="store_true", help="every endpoint nothing else selects")
+    delete = actions.add_parser("delete", help="remove a rule set")
+    delete.add_argument("name")
+    show = actions.add_parser("show", help="rule sets, each endpoint's, and the packets each rule denied")
+    show.add_argument("--json", action="store_true")
+    for parser in (apply, delete, show):
+        parser.add_argument("--state-dir", default=defaults.state_dir(), help="the node's state directory")
+        parser.add_argument("--bpffs-dir", default=defaults.bpffs_dir(), help="the node's pin directory")
+        parser.set_defaults(func=_policy)
+
+
 def _join_cflags(argv: list[str]) -> list[str]:
     """``--cflags -DX=1`` as ``--cflags=-DX=1``: argparse takes a value that
     starts with a dash for an option."""
@@ -385,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     inst.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
     inst.add_argument("--ipam-url", help="interface document URL (default: the Azure host agent's)")
     inst.add_argument("--no-compile", action="store_true", help="leave compiling to the first ADD")
+    inst.add_argument("--python-entry", action="store_true",
+                      help="install the plugins' Python entry point even where a C compiler could build the "
+                           "compiled one (cni/vnetdp.c), which spares each call the Python start-up")
     inst.add_argument("--cni-version", default=CONFLIST_VERSION,
                       help=f"the conflist's cniVersion (default {CONFLIST_VERSION}: what containerd 1.6/1.7 "
                            "and the reference plugins accept; 1.1.0 only for runtimes that take it)")
@@ -440,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics.set_defaults(func=_metrics)
     _add_monitor(sub)
     _add_day_two(sub)
+    _add_policy(sub)
     args = parser.parse_args(_join_cflags(sys.argv[1:] if argv is None else argv))
     if getattr(args, "count", None) is not None and not getattr(args, "watch", None):
         parser.error("--count needs --watch")

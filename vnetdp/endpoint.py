@@ -7,8 +7,10 @@ ID, ifname), up, with a /32 route and permanent neighbour for the pod address,
 host end's MAC, a default route through it. The datapath's endpoint map gets
 the pod's address, MACs and host ifindex.
 
-``add`` is a transaction: any failure undoes what it did. ``delete`` succeeds
-when any part is already gone. Both must run in the node's namespace.
+``add`` is a transaction: any failure undoes what it did; it speaks raw
+netlink (``vnetdp.rtnl``: a round trip or two per step, no event loop).
+``delete`` succeeds when any part is already gone. Both must run in the node's
+namespace.
 """
 from __future__ import annotations
 
@@ -20,14 +22,16 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from vnetdp import links, netns, shaping
+from vnetdp import links, netns, public_ips, rtnl, shaping
 from vnetdp.naming import host_ifname, is_host_ifname
 from vnetdp.datapath import attach, snat
 from vnetdp.datapath import maps as M
 from vnetdp.datapath import syscall
 from vnetdp.datapath.node import Node
+from vnetdp.policy import enforce
 
 POD_GATEWAY = ipaddress.IPv4Address("169.254.1.1")
+DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
 Phase = Callable[[str], contextlib.AbstractContextManager]  # times a named step
 POD_XDP_HOOK = "podxdp"  # pin name part of the pod end's XDP link
 POD_PROGRAMS = {"ingress": "from_container", "egress": "to_container"}
@@ -49,19 +53,18 @@ class EndpointInfo:
     mtu: int
 
 
-def _setup_pod_side(ifname: str, address: ipaddress.IPv4Address, host_mac: str, mtu: int) -> str:
-    """Configure the pod end (inside the pod's namespace); returns its MAC."""
-    with IPRoute() as ipr:
-        lo = links.get_link(ipr, "lo")
-        ipr.link("set", index=lo.index, state="up")
-        pod = links.get_link(ipr, ifname)
-        ipr.link("set", index=pod.index, state="up", mtu=mtu)
-        ipr.addr("add", index=pod.index, address=str(address), prefixlen=32)
-        ipr.route("replace", dst=f"{POD_GATEWAY}/32", oif=pod.index, scope=links.SCOPE_LINK)
-        ipr.neigh("replace", dst=str(POD_GATEWAY), lladdr=host_mac, ifindex=pod.index,
-                  state=links.NUD_PERMANENT)
-        ipr.route("replace", dst="0.0.0.0/0", gateway=str(POD_GATEWAY), oif=pod.index)
-        return pod.mac
+def _setup_pod_side(rt: rtnl.Rtnl, ifname: str, address: ipaddress.IPv4Address, host_mac: str) -> str:
+    """Configure the pod end, with its MTU since its creation (``rt``: a
+    socket in the pod's namespace): lo and the pod end up, the address, the on-link gateway
+    with its permanent neighbour entry, the default route; returns the pod
+    end's MAC. Two round trips."""
+    _, _, (found,) = rt.batch(rtnl.link_up("lo"), rtnl.link_up(ifname), rtnl.link_get(ifname))
+    pod = rtnl.parse_link(found)
+    rt.batch(rtnl.addr_add(pod.index, address, 32),
+             rtnl.route_replace(ipaddress.IPv4Network(f"{POD_GATEWAY}/32"), pod.index, scope=rtnl.SCOPE_LINK),
+             rtnl.neigh_replace(pod.index, POD_GATEWAY, host_mac),
+             rtnl.route_replace(DEFAULT_ROUTE, pod.index, gateway=POD_GATEWAY))
+    return pod.mac
 
 
 def _shape_pod_side(ifname: str, bandwidth: M.Bandwidth) -> None:
@@ -76,64 +79,77 @@ def _untimed(name: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def _shaper_socket(bandwidth: M.Bandwidth | None) -> contextlib.AbstractContextManager[IPRoute | None]:
+    """A pyroute2 socket for the shaper (``vnetdp.shaping``), for a pod with
+    rates only: opening one costs ~0.6 ms."""
+    return IPRoute() if bandwidth is not None and bandwidth.limited else contextlib.nullcontext()
+
+
 def add(node: Node, container_id: str, netns_path: str, ifname: str,
         address: ipaddress.IPv4Address, mtu: int | None = None,
         macs: tuple[str, str] | None = None, bandwidth: M.Bandwidth | None = None,
         phase: Phase = _untimed) -> EndpointInfo:
     """Create the endpoint (``macs``: the host end's and the pod's MAC, to
     rebuild one as it was; ``bandwidth``: its rate limits, in force before its
-    first packet; ``phase(name)`` times the steps: node, veth, attach); on any
-    failure nothing of it remains."""
+    first packet; ``phase(name)`` times the steps: node, veth, addresses,
+    attach); on any failure nothing of it remains."""
     name = host_ifname(container_id, ifname)
-    with contextlib.ExitStack() as fds, contextlib.ExitStack() as undo, IPRoute() as ipr:
+    with rtnl.Rtnl() as rt, contextlib.ExitStack() as fds, contextlib.ExitStack() as undo:
         with phase("node"):
-            mtu = mtu or node.configure(ipr).nic.mtu
+            mtu = mtu or node.ensure(rt).nic.mtu
         with phase("veth"):
             pod_ns = netns.open_pod_ns(netns_path)
             fds.callback(os.close, pod_ns)
-            links.delete_link(ipr, name)  # a leftover of an interrupted ADD for this very endpoint
-            host = links.create_veth(ipr, name, ifname, pod_ns, mtu, macs)
-            undo.callback(links.delete_link, ipr, name)
-            with netns.enter_fd(pod_ns, netns_path):
-                pod_mac = _setup_pod_side(ifname, address, host.mac, mtu)
-                if bandwidth is not None and bandwidth.egress_bytes_per_s:
-                    _shape_pod_side(ifname, bandwidth)
-                if node.settings.nic_attach == "xdp":
-                    undo.callback(attach.detach, None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
-                    attach_pod_xdp(node, ifname, name)
-        add_host_side(node, ipr, host, address, pod_mac, undo, bandwidth, phase)
+            host = rtnl.create_veth(rt, name, ifname, pod_ns, mtu, macs)  # over a leftover of an interrupted ADD
+            undo.callback(rtnl.delete_link, rt, name)
+        with phase("addresses"), netns.enter_fd(pod_ns, netns_path):
+            with rtnl.Rtnl() as inside:
+                pod_mac = _setup_pod_side(inside, ifname, address, host.mac)
+            if bandwidth is not None and bandwidth.egress_bytes_per_s:
+                _shape_pod_side(ifname, bandwidth)
+        if node.settings.nic_attach == "xdp":  # before the map entry sends XDP-redirected frames in
+            with phase("attach"), netns.enter_fd(pod_ns, netns_path):
+                undo.callback(attach.detach, None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
+                attach_pod_xdp(node, ifname, name)
+        with _shaper_socket(bandwidth) as ipr:
+            add_host_side(node, ipr, host, address, pod_mac, undo, bandwidth, phase)
         undo.pop_all()  # success: keep everything
         return EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
                             host.mac, pod_mac, mtu)
 
 
-def add_host_side(node: Node, ipr: IPRoute, host: links.Link, address: ipaddress.IPv4Address, pod_mac: str,
+def add_host_side(node: Node, ipr: IPRoute | None, host: links.Link, address: ipaddress.IPv4Address, pod_mac: str,
                   undo: contextlib.ExitStack, bandwidth: M.Bandwidth | None = None,
                   phase: Phase = _untimed) -> None:
     """The host half of an endpoint whose veth exists (``host``: its host end,
     just created; ``pod_mac``: the other end's MAC): the /32 route and
-    neighbour, the map entries, both programs attached; each step's undo
-    pushed on ``undo``. ``add`` and the Docker driver (whose other end Docker
+    neighbour, the map entries (flagged when the address has a public IP:
+    ``vnetdp.public_ips``; its node policy's rule set, ``vnetdp.policy``),
+    both programs attached; each step's undo
+    pushed on ``undo`` (``ipr``: pyroute2 for the shaper, which a pod with
+    rates needs). ``add`` and the Docker driver (whose other end Docker
     moves into the container itself) share it."""
-    with phase("veth"):
-        links.route_host(ipr, address, host, pod_mac)
+    with phase("addresses"), rtnl.Rtnl() as rt:
+        rtnl.route_host(rt, address, host, pod_mac)
         if bandwidth is not None and bandwidth.ingress_bytes_per_s:
             shaping.shape(ipr, host.index, bandwidth.ingress_bytes_per_s, bandwidth.ingress_burst_bytes)
+        flags = public_ips.flag(node.settings, address)  # before its first packet leaves
         with node.maps() as m:
             undo.callback(_forget, node, address, host.index)
             if bandwidth is not None and bandwidth.limited:
                 m.put_bandwidth(address, bandwidth)
+            enforce.policy_for_endpoint(node.settings.state_dir, m, address)  # in force from its first packet
             m.put_endpoint(address, M.Endpoint(host.index, pod_mac, host.mac,
-                                               M.EP_BANDWIDTH if bandwidth and bandwidth.limited else 0))
-    with phase("attach"):
+                                               flags | (M.EP_BANDWIDTH if bandwidth and bandwidth.limited else 0)))
+    with phase("attach"), rtnl.Rtnl() as rt, contextlib.ExitStack() as fds:
+        pins = {hook: node.bpffs.link_pin(host.name, hook) for hook in POD_PROGRAMS}
+        for hook, pin in pins.items():
+            undo.callback(attach.detach, host.index, hook, pin)
+        progs = {}
         for hook, prog in POD_PROGRAMS.items():
-            pin = node.bpffs.link_pin(host.name, hook)
-            undo.callback(attach.detach, host.index, hook, pin, ipr)
-            fd = node.programs.prog_fd(prog)
-            try:
-                attach.attach(fd, host.index, hook, pin, node.settings.pod_attach_mode, ipr, fresh=True)
-            finally:
-                os.close(fd)
+            progs[hook] = node.programs.prog_fd(prog)
+            fds.callback(os.close, progs[hook])
+        attach.attach_new(rt, host.index, progs, pins, node.settings.pod_attach_mode)
 
 
 def attach_pod_xdp(node: Node, ifname: str, host_name: str) -> None:
@@ -142,8 +158,8 @@ def attach_pod_xdp(node: Node, ifname: str, host_name: str) -> None:
     the link dies with the pod's veth, its pin goes with ``delete``."""
     fd = node.programs.prog_fd("pod_xdp_pass")
     try:
-        with IPRoute() as ipr:
-            index = links.get_link(ipr, ifname).index
+        with rtnl.Rtnl() as rt:
+            index = rtnl.get_link(rt, ifname).index
         attach.attach(fd, index, "xdp", node.bpffs.link_pin(host_name, POD_XDP_HOOK))
     finally:
         os.close(fd)
@@ -165,6 +181,7 @@ def _forget(node: Node, address: ipaddress.IPv4Address | None, ifindex: int | No
                 m.delete_endpoint(address)
                 m.delete_bandwidth(address)
                 snat.purge(m, address)
+                enforce.forget_endpoint(m, address)
         if ifindex is not None:
             m.forget_metrics(ifindex)
 
@@ -174,14 +191,14 @@ def delete(node: Node, container_id: str, ifname: str,
     """Remove the endpoint (named by container ID and ifname, or by its host
     interface name); whatever is already gone counts as removed."""
     name = host_name or host_ifname(container_id, ifname)
-    with IPRoute() as ipr:
+    with rtnl.Rtnl() as rt:
         try:
-            ifindex: int | None = links.get_link(ipr, name).index
-        except links.LinkNotFound:
+            ifindex: int | None = rtnl.get_link(rt, name).index
+        except rtnl.LinkNotFound:
             ifindex = None
         for hook in POD_PROGRAMS:  # pins only: deleting the veth removes clsact filters
-            attach.detach(None, hook, node.bpffs.link_pin(name, hook), ipr)
-        links.delete_link(ipr, name)
+            attach.detach(None, hook, node.bpffs.link_pin(name, hook))
+        rtnl.delete_link(rt, name)
     attach.detach(None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
     if os.path.isdir(node.bpffs.maps_dir):
         if address is None and ifindex is not None:

@@ -1,35 +1,19 @@
 """Netlink plumbing for endpoints (pyroute2): veths, addresses, routes, neighbours.
 
 Functions act on the calling thread's namespace through the ``IPRoute`` passed
-in; "already gone" is never an error for removals.
+in; "already gone" is never an error for removals. What ADD does on every pod
+goes through ``vnetdp.rtnl`` instead (raw netlink, no event loop per request);
+the two share ``Link`` and ``LinkNotFound``.
 """
 from __future__ import annotations
 
 import errno
 import ipaddress
-from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-NUD_PERMANENT = 0x80
-SCOPE_LINK = 253
-
-
-class LinkNotFound(Exception):
-    """No interface of that name in this namespace."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"interface {name!r} not found")
-        self.name = name
-
-
-@dataclass(frozen=True)
-class Link:
-    name: str
-    index: int
-    mac: str
-    mtu: int
+from vnetdp.rtnl import NUD_PERMANENT, SCOPE_LINK, Link, LinkNotFound  # noqa: F401  (links.X for callers)
 
 
 def get_link(ipr: IPRoute, name: str) -> Link:
@@ -65,10 +49,6 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
     return _found(ipr, "del", ifname=name)
 
 
-def link_exists(ipr: IPRoute, index: int) -> bool:
-    return _found(ipr, "get", index=index)
-
-
 def create_veth(ipr: IPRoute, name: str, peer: str, peer_netns_fd: int, mtu: int,
                 macs: tuple[str, str] | None = None) -> Link:
     """A veth pair with ``peer`` created directly inside another namespace
@@ -93,11 +73,6 @@ def default_route_oif(ipr: IPRoute) -> int | None:
         if oif:
             return oif
     return None
-
-
-def node_addresses(ipr: IPRoute) -> set[ipaddress.IPv4Address]:
-    """Every IPv4 address on an interface of this namespace."""
-    return {ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
 
 
 def ipv4_interfaces(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface]:

@@ -40,7 +40,7 @@ def test_failed_add_leaves_nothing_behind(lab, pod_slot, monkeypatch):
     def boom(*a, **kw):
         raise RuntimeError("injected failure at attach")
 
-    monkeypatch.setattr(attach, "attach", boom)
+    monkeypatch.setattr(attach, "attach_new", boom)  # the pod veth's programs, the last step
     with netns.enter(vm.ns), pytest.raises(RuntimeError, match="injected"):
         endpoint.add(lab.node(vm), ns, netns.path_of(ns), "eth0", address)
     assert host_links(vm.ns) == before

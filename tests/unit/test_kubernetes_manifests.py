@@ -150,7 +150,7 @@ def test_the_containerfile_builds_offline_from_debian_packages():
     # them all in the build, offline, and never reaches for an index.
     assert "--no-index --find-links /wheels" in text and "--no-deps" not in text and "pip check" in text
     assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    for source in ("pyproject.toml", "vnetdp", "cni", "bpf", "deploy/kubernetes/cni-client.c",
+    for source in ("pyproject.toml", "vnetdp", "cni", "bpf", "cni/vnetdp.c",
                    "deploy/kubernetes/vnetdp-node-init"):
         assert re.search(rf"^COPY {re.escape(source)} ", text, re.M), source
     assert f"COPY --from=client /vnetdp-cni-client {CLIENT}" in text

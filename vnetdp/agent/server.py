@@ -46,11 +46,16 @@ def run_call(request: bytes, fds: list[int] = ()) -> bytes:
 
 
 def _serve_one(conn: socket.socket) -> None:
+    fds: list[int] = []
     try:
-        reply = run_call(*wire.recv_request(conn))
+        request, fds = wire.recv_request(conn)
+        reply = run_call(request, fds)
     except Exception:  # no reply: the entry point runs the call itself
         log.exception("call failed in the agent")
         return
+    finally:  # before the reply: a caller may unmount the namespace's path as soon as it has one
+        for fd in fds:
+            os.close(fd)
     conn.sendall(reply)
 
 
@@ -123,10 +128,11 @@ def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, worke
     SNAT table every ``sweep_every`` seconds."""
     from pyroute2 import IPRoute
 
-    from vnetdp.datapath import snat
+    from vnetdp.datapath import layouts, snat
 
     _mount_bpffs(bpffs_dir)
     plugins.preload()
+    layouts.ffi()  # maps.h's layouts, parsed (~19 ms) once for every worker rather than in each one's first call
     with IPRoute() as ipr:
         ipr.get_links()
     os.makedirs(state_dir, exist_ok=True)

@@ -1,10 +1,22 @@
-"""The agent's framing, shared by the CNI entry point and the agent.
+"""The agent's framing, shared by the CNI entry points and the agent: its one
+definition. ``cni/vnetdp.c`` (the compiled entry point and the node image's
+host client) speaks it too, by these names; tests/unit/test_cni_client.py
+holds the two together.
 
-Request: ``<plugin>\\n<env length>\\n<env: KEY=VALUE joined by NUL><stdin>``,
-with the caller's open ``CNI_NETNS`` as a file descriptor (SCM_RIGHTS) on the
-first bytes: the agent may live in another mount namespace (a DaemonSet's
-container, ``ip netns exec``), where the runtime's path means nothing.
-Reply: ``<exit code> <stdout length>\\n<stdout><stderr>``.
+One call per connection, over ``<state dir>/agent.sock`` (SOCK_STREAM):
+
+- request: ``<plugin>\\n<env length>\\n<env: KEY=VALUE joined by NUL><stdin>``
+  (lengths in decimal ASCII, at most MAX_REQUEST bytes in all), then the
+  caller shuts its side for writing. The caller's open ``CNI_NETNS``
+  (O_RDONLY | O_NONBLOCK) goes as a file descriptor (SCM_RIGHTS) with the
+  first ``sendmsg``, of at most FIRST_SEND bytes: the agent may live in
+  another mount namespace (a DaemonSet's container, ``ip netns exec``), where
+  the runtime's path means nothing. A path that does not open goes as a
+  path only (no descriptor).
+- reply: ``<exit code> <stdout length>\\n<stdout><stderr>``, then the agent
+  closes. No whole reply (a worker that died) means the call may not have
+  run to its end: the caller runs it itself, or again (commands are idempotent).
+
 Only C modules and ``os`` load here: the entry point imports this module
 first, and every import is start-up time of every CNI call.
 """
@@ -13,6 +25,7 @@ import os
 import sys
 
 MAX_REQUEST = 1 << 20
+FIRST_SEND = 65536  # the first sendmsg, which carries the descriptor
 MAX_FDS = 1
 _FD_SIZE = 4  # an int in SCM_RIGHTS
 
@@ -56,7 +69,7 @@ def recv_request(sock) -> tuple[bytes, list[int]]:
     """A whole request and the descriptors that came with it (the caller
     closes them)."""
     space = _socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
-    first, ancillary, _, _ = sock.recvmsg(65536, space)
+    first, ancillary, _, _ = sock.recvmsg(FIRST_SEND, space)
     fds = []
     for level, kind, data in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -77,7 +90,7 @@ def call(path: str, plugin: str, environ, stdin: bytes, fds: tuple[int, ...] = (
         request = encode_request(plugin, environ, stdin)
         rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                    b"".join(fd.to_bytes(_FD_SIZE, sys.byteorder) for fd in fds))] if fds else []
-        sent = s.sendmsg([request[:65536]], rights)
+        sent = s.sendmsg([request[:FIRST_SEND]], rights)
         s.sendall(request[sent:])
         s.shutdown(_socket.SHUT_WR)
         return decode_reply(recv_all(s, 1 << 30))

@@ -8,7 +8,9 @@ thread's network namespace: enter the right one first (``vnetdp.netns``).
 
 A program is replaced in place, never detached first: ``BPF_LINK_UPDATE`` for
 links, a filter ``replace`` (same handle and prio) for clsact (``replace``;
-``attach`` does it when another program of vnetdp's is there).
+``attach`` does it when another program of vnetdp's is there). A device just
+created (a pod's veth, on every ADD) takes its programs from ``attach_new``:
+nothing to look up or replace there, and clsact in one raw netlink round trip.
 """
 from __future__ import annotations
 
@@ -21,12 +23,14 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vnetdp import rtnl
 from vnetdp.datapath import syscall
 from vnetdp.datapath.bpffs import remove_pin
 
 CLSACT_PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
 TCX_ATTACH_TYPES = {"ingress": syscall.ATTACH_TCX_INGRESS, "egress": syscall.ATTACH_TCX_EGRESS}
 FILTER_PRIO = 1
+FILTER_HANDLE = 1
 FILTER_NAME = "vnetdp"
 MODES = ("auto", "tcx", "clsact")
 
@@ -112,14 +116,17 @@ def _attach_link(prog_fd: int, ifindex: int, attach_type: int, pin: str) -> None
         os.close(fd)
 
 
+def _filter_name(prog_fd: int) -> str:
+    """vnetdp's clsact filter's name: it carries the program id (pyroute2 does not decode TCA_BPF_ID)."""
+    return f"{FILTER_NAME}-{syscall.prog_id(prog_fd)}"
+
+
 def _clsact_filter(prog_fd: int, ifindex: int, hook: str, ipr: IPRoute) -> None:
     """Create or replace vnetdp's filter (handle 1, prio 1): a replace swaps the
     program in place (the kernel replaces the filter in its RCU list), so no
     packet meets an empty hook."""
-    # The filter's name carries the program id: pyroute2 does not decode TCA_BPF_ID.
-    ipr.tc("replace-filter", "bpf", index=ifindex, handle=1, prio=FILTER_PRIO,
-           parent=CLSACT_PARENTS[hook], fd=prog_fd, name=f"{FILTER_NAME}-{syscall.prog_id(prog_fd)}",
-           direct_action=True)
+    ipr.tc("replace-filter", "bpf", index=ifindex, handle=FILTER_HANDLE, prio=FILTER_PRIO,
+           parent=CLSACT_PARENTS[hook], fd=prog_fd, name=_filter_name(prog_fd), direct_action=True)
 
 
 def _attach_clsact(prog_fd: int, ifindex: int, hook: str, ipr: IPRoute | None) -> None:
@@ -167,36 +174,55 @@ def replace(prog_fd: int, ifindex: int, hook: str, pin: str,
     return current, after
 
 
+def _attach_tcx(prog_fd: int, ifindex: int, hook: str, pin: str, mode: str) -> bool:
+    """Attach a tc hook's program as a pinned tcx link where ``mode`` asks for
+    one (tcx, or auto on a kernel that has tcx); False when clsact must do."""
+    if mode == "clsact":
+        return False
+    try:
+        _attach_link(prog_fd, ifindex, TCX_ATTACH_TYPES[hook], pin)
+    except syscall.BpfError as e:
+        if mode == "tcx" or e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        return False
+    return True
+
+
 def attach(prog_fd: int, ifindex: int, hook: str, pin: str, mode: str = "auto",
-           ipr: IPRoute | None = None, fresh: bool = False) -> Attachment:
+           ipr: IPRoute | None = None) -> Attachment:
     """Attach ``prog_fd`` at (ifindex, hook) unless that very program is there
     already; another program of vnetdp's there is replaced in place (see
-    ``replace``) when its mechanism suits ``mode``. ``fresh``: the device was
-    just created, nothing can be attached."""
-    if not fresh:
-        current = attached(ifindex, hook, pin, ipr)
-        if current is not None and current.prog_id == syscall.prog_id(prog_fd):
-            return current
-        if current is not None and _fits(current, hook, mode):
-            swapped = replace(prog_fd, ifindex, hook, pin, ipr)
-            if swapped is not None:
-                return swapped[1]
-        detach(ifindex, hook, pin, ipr)
+    ``replace``) when its mechanism suits ``mode``."""
+    current = attached(ifindex, hook, pin, ipr)
+    if current is not None and current.prog_id == syscall.prog_id(prog_fd):
+        return current
+    if current is not None and _fits(current, hook, mode):
+        swapped = replace(prog_fd, ifindex, hook, pin, ipr)
+        if swapped is not None:
+            return swapped[1]
+    detach(ifindex, hook, pin, ipr)
     if hook == "xdp":
         _attach_link(prog_fd, ifindex, syscall.ATTACH_XDP, pin)
-    elif mode == "clsact":
+    elif not _attach_tcx(prog_fd, ifindex, hook, pin, mode):
         _attach_clsact(prog_fd, ifindex, hook, ipr)
-    else:
-        try:
-            _attach_link(prog_fd, ifindex, TCX_ATTACH_TYPES[hook], pin)
-        except syscall.BpfError as e:
-            if mode == "tcx" or e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            _attach_clsact(prog_fd, ifindex, hook, ipr)
     result = attached(ifindex, hook, pin, ipr)
     if result is None:
         raise RuntimeError(f"attaching to ifindex {ifindex} ({hook}) did not take")
     return result
+
+
+def attach_new(rt: rtnl.Rtnl, ifindex: int, progs: dict[str, int], pins: dict[str, str], mode: str = "auto") -> None:
+    """Attach ``progs`` (tc hook -> program fd; ``pins``: hook -> link pin) to
+    a device just created, where nothing can be attached yet: tcx links where
+    ``mode`` and the kernel allow, else the clsact qdisc and a filter per hook
+    in one batch through ``rt`` (a socket in the device's namespace). The
+    kernel acknowledges each step: nothing is read back."""
+    clsact = {hook: fd for hook, fd in progs.items() if not _attach_tcx(fd, ifindex, hook, pins[hook], mode)}
+    if clsact:
+        parent = {hook: int(CLSACT_PARENTS[hook].replace(":", ""), 16) for hook in clsact}
+        rt.batch(rtnl.qdisc_add(ifindex, "clsact", rtnl.CLSACT_HANDLE, rtnl.TC_H_CLSACT),
+                 *(rtnl.bpf_filter_replace(ifindex, parent[hook], FILTER_PRIO, FILTER_HANDLE, fd, _filter_name(fd))
+                   for hook, fd in clsact.items()))
 
 
 def detach(ifindex: int | None, hook: str, pin: str, ipr: IPRoute | None = None) -> None:
@@ -218,7 +244,7 @@ def detach(ifindex: int | None, hook: str, pin: str, ipr: IPRoute | None = None)
     if hook in CLSACT_PARENTS and ifindex is not None:
         with _rtnl(ipr) as ipr:
             try:
-                ipr.tc("del-filter", "bpf", index=ifindex, handle=1, prio=FILTER_PRIO,
+                ipr.tc("del-filter", "bpf", index=ifindex, handle=FILTER_HANDLE, prio=FILTER_PRIO,
                        parent=CLSACT_PARENTS[hook])
             except NetlinkError as e:
                 if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):

@@ -1,21 +1,22 @@
 """One node's datapath: its settings, the build of programs it runs, the NIC.
 
-``Node.configure()`` is what every endpoint operation calls first: it loads
-the programs (compiling only when the build is not pinned yet), writes the
-node settings and attaches the NIC program. It is cheap when all is in place
-(pins reused, settings rewritten, attachment found) and it is the only place
-that compiles (through the loader) or attaches to the NIC.
+``Node.configure()`` loads the programs (compiling only when the build is not
+pinned yet), writes the node settings and attaches the NIC program; it is the
+only place that compiles (through the loader) or attaches to the NIC.
+``Node.ensure()``, what every ADD calls first, configures only when anything
+configure is made from changed since the last one (``configured``).
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
-from vnetdp import links
-from vnetdp.datapath import attach
+from vnetdp import links, rtnl
+from vnetdp.datapath import attach, configured
 from vnetdp.datapath import maps as M
 from vnetdp.datapath.bpffs import Bpffs
 from vnetdp.datapath.loader import LoadResult, Programs
@@ -46,6 +47,7 @@ class NodeSettings:
     allow_host_agent: bool = False       # pods may reach the host agent's wireserver ports
     allow_metadata: bool = False         # pods may reach the instance metadata service
     snat_flows_per_endpoint: int = 16384  # SNAT flows one pod may hold (0: no limit)
+    metadata_url: str | None = None      # the instance metadata document: which pods have public IPs (None: none)
     attach_mode: str = "auto"            # NIC tc mechanism: "auto" (tcx, else clsact), "tcx", "clsact"
     # Pods' veths: clsact by default. Creating a tcx link costs ~13 ms in the kernel
     # per device (6.18, measured); a clsact qdisc and filter ~1 ms. Per packet both
@@ -96,13 +98,53 @@ class Node:
 
     def configure(self, ipr: IPRoute | None = None) -> NodeState:
         """Load (or reuse) programs, write node settings, attach the NIC program
-        (netlink through ``ipr`` when the caller has a socket open)."""
+        (netlink through ``ipr`` when the caller has a socket open); recorded
+        for ``ensure``."""
         load = self.programs.load()
-        with flocked(os.path.join(self.settings.state_dir, "node.lock")):
-            if ipr is not None:
-                return self._configure(load, ipr)
-            with IPRoute() as own:
-                return self._configure(load, own)
+        with self._locked():
+            return self._configure_recorded(load, ipr)
+
+    def ensure(self, rt: rtnl.Rtnl) -> NodeState:
+        """The node as ``configure`` leaves it: configured again only when
+        anything it is made from changed since the last configure, or what it
+        attached to the NIC is gone (``rt``: a socket in the node's namespace)."""
+        state = self._as_recorded(rt)
+        if state is None:
+            load = self.programs.load()
+            with self._locked():  # calls that all found it changed wait here: the first configures
+                state = self._as_recorded(rt) or self._configure_recorded(load)
+        return state
+
+    def _locked(self) -> contextlib.AbstractContextManager:
+        """One configure at a time on this node."""
+        return flocked(os.path.join(self.settings.state_dir, "node.lock"))
+
+    def _as_recorded(self, rt: rtnl.Rtnl) -> NodeState | None:
+        """The node's state when the last configure still holds; None when it
+        must be configured."""
+        inputs = configured.observe(self, rt)
+        if inputs is None or not inputs.addresses or not configured.holds(self, inputs):
+            return None
+        return NodeState(inputs.nic, inputs.addresses[0].ip, self._vnet_cidrs(inputs.addresses),
+                         LoadResult(self.programs.build, False, 0.0))
+
+    def _configure_recorded(self, load: LoadResult, ipr: IPRoute | None = None) -> NodeState:
+        """``configure`` under the node lock, what it is made from recorded
+        once it is done (a configure cut short leaves no record)."""
+        configured.forget(self)
+        with rtnl.Rtnl() as rt:
+            inputs = configured.observe(self, rt)
+        with contextlib.ExitStack() as own:
+            state = self._configure(load, ipr or own.enter_context(IPRoute()))
+        if inputs is not None:
+            configured.record(self, inputs)
+        return state
+
+    def _vnet_cidrs(self, addrs: list[ipaddress.IPv4Interface]) -> list[ipaddress.IPv4Network]:
+        """The VNet's prefixes: the setting, else the NIC's subnets."""
+        if self.settings.vnet_cidrs:
+            return [ipaddress.IPv4Network(c) for c in self.settings.vnet_cidrs]
+        return sorted({a.network for a in addrs})
 
     def _configure(self, load: LoadResult, ipr: IPRoute) -> NodeState:
         """Node settings, prefixes and the NIC attachment; one process at a time."""
@@ -118,8 +160,7 @@ class Node:
         if not 1 <= low <= high <= 65535:
             raise NodeSetupError(f"SNAT port range {low}-{high} is not a range of ports")
         primary = addrs[0].ip
-        cidrs = [ipaddress.IPv4Network(c) for c in s.vnet_cidrs] if s.vnet_cidrs \
-            else sorted({a.network for a in addrs})
+        cidrs = self._vnet_cidrs(addrs)
         with self.maps() as m:
             flags = (M.NODE_LOCAL_SWITCHING if s.local_switching else 0) | \
                 (M.NODE_SNAT if s.enable_snat else 0) | \

@@ -48,13 +48,11 @@ def _nic_mac(conf: dict) -> str | None:
     master = conf.get("master")
     if not master:
         return None
-    from pyroute2 import IPRoute
-
-    from vnetdp import links
-    with IPRoute() as ipr:
+    from vnetdp import rtnl
+    with rtnl.Rtnl() as rt:
         try:
-            return links.get_link(ipr, master).mac
-        except links.LinkNotFound:
+            return rtnl.get_link(rt, master).mac
+        except rtnl.LinkNotFound:
             raise errors.BadIpamConfig(f"master interface {master!r} does not exist")
 
 
@@ -74,11 +72,9 @@ def _fresh_pools(conf: dict) -> list[Pool]:
     """The source's pools less the node's own addresses (never a pod's,
     whatever a document says). Fetched outside the store's lock: a slow
     source must not hold up other pods' calls."""
-    from pyroute2 import IPRoute
-
-    from vnetdp import links
-    with IPRoute() as ipr:
-        own = links.node_addresses(ipr)
+    from vnetdp import rtnl
+    with rtnl.Rtnl() as rt:
+        own = {a.ip for _, a in rtnl.ipv4_interfaces(rt)}
     return [Pool(p.subnet, p.gateway, tuple(a for a in p.addresses if a not in own))
             for p in load_pools(_ipam(conf), _nic_mac(conf))]
 

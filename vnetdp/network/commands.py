@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from pyroute2 import IPRoute
 
-from vnetdp import endpoint, links, naming, netns
+from vnetdp import endpoint, links, naming, netns, rtnl
 from vnetdp.cni import invoke
 from vnetdp.cni.invoke import delegate
 from vnetdp.cni.logs import phase
@@ -71,7 +71,7 @@ def _as_cni_error(e: BaseException) -> CniError:
     return CniError(Code.ENDPOINT_FAILED, f"endpoint setup failed and was rolled back: {e}")
 
 
-def _allocate(env: Env, conf: config.NetConf) -> tuple[ipaddress.IPv4Interface, str]:
+def _allocate(env: Env, conf: config.NetConf, node: Node) -> tuple[ipaddress.IPv4Interface, str]:
     """The IPv4 address (and gateway) the IPAM plugin gives this attachment,
     released again if it is unusable."""
     ipam = Result.parse(call_ipam(env, conf.raw) or {})
@@ -79,7 +79,7 @@ def _allocate(env: Env, conf: config.NetConf) -> tuple[ipaddress.IPv4Interface, 
     problem = None if ip4 else f"IPAM plugin {conf.ipam['type']} returned no IPv4 address"
     if ip4:
         iface = ipaddress.IPv4Interface(ip4["address"])
-        problem = _in_use(_node(conf), iface.ip)
+        problem = _in_use(node, iface.ip)
         if problem:
             problem = f"IPAM plugin {conf.ipam['type']} returned {iface.ip}, {problem}"
     if problem:
@@ -92,13 +92,13 @@ def _in_use(node: Node, address: ipaddress.IPv4Address) -> str | None:
     """Who already has ``address`` on this node (the node itself, or a live
     endpoint): an IPAM plugin that hands it out again is wrong, and the
     address must not be taken from its holder."""
-    with IPRoute() as ipr:
-        if address in links.node_addresses(ipr):
+    with rtnl.Rtnl() as rt:
+        if address in {a.ip for _, a in rtnl.ipv4_interfaces(rt)}:
             return "an address of this node"
         if os.path.isdir(node.bpffs.maps_dir):
             with node.maps() as m:
                 held = m.endpoint(address)
-            if held is not None and links.link_exists(ipr, held.ifindex):
+            if held is not None and rtnl.link_exists(rt, held.ifindex):
                 return f"which the endpoint on ifindex {held.ifindex} holds"
     return None
 
@@ -117,11 +117,11 @@ def _result(env: Env, conf: config.NetConf, record: PodRecord) -> dict:
     return result.to_json(conf.version)
 
 
-def _plumb(env: Env, conf: config.NetConf, records: PodRecords, record: PodRecord) -> PodRecord:
+def _plumb(env: Env, conf: config.NetConf, node: Node, records: PodRecords, record: PodRecord) -> PodRecord:
     """The endpoint for a saved record; the record with its MACs (the same
     ones again when the record has them: a repair does not change them)."""
     macs = (record.host_mac, record.pod_mac) if record.pod_mac else None
-    info = endpoint.add(_node(conf), env.container_id, env.netns, env.ifname,
+    info = endpoint.add(node, env.container_id, env.netns, env.ifname,
                         ipaddress.IPv4Address(record.address), conf.mtu, macs, conf.bandwidth, phase)
     done = dataclasses.replace(record, host_mac=info.host_mac, pod_mac=info.pod_mac)
     records.save(done)
@@ -129,41 +129,41 @@ def _plumb(env: Env, conf: config.NetConf, records: PodRecords, record: PodRecor
     return done
 
 
-def _add_again(env: Env, conf: config.NetConf, records: PodRecords, record: PodRecord) -> dict:
+def _add_again(env: Env, conf: config.NetConf, node: Node, records: PodRecords, record: PodRecord) -> dict:
     """ADD for an attachment that exists: its result, untouched, when the
     endpoint is intact; repaired (same address and MACs) when it is not."""
     if record.netns != env.netns:
         raise CniError(Code.INVALID_ENV, f"{env.container_id}/{env.ifname} is attached in {record.netns}, "
                                          f"not {env.netns}", "DEL it before adding it elsewhere")
     with phase("endpoint"):
-        problems = endpoint.check(_node(conf), env.container_id, env.ifname, env.netns,
+        problems = endpoint.check(node, env.container_id, env.ifname, env.netns,
                                   ipaddress.IPv4Address(record.address), conf.bandwidth)
     if problems or not record.pod_mac:
         log.warning("ADD %s/%s again: repairing (%s)", env.container_id, env.ifname,
                     "; ".join(problems) or "interrupted ADD")
         with phase("endpoint"):
-            endpoint.delete(_node(conf), env.container_id, env.ifname, ipaddress.IPv4Address(record.address))
-        record = _plumb(env, conf, records, record)
+            endpoint.delete(node, env.container_id, env.ifname, ipaddress.IPv4Address(record.address))
+        record = _plumb(env, conf, node, records, record)
     return _result(env, conf, record)
 
 
 def add(env: Env, conf: config.NetConf) -> dict:
     records = PodRecords(conf.state_dir)
-    _node(conf, asked=True)  # before anything is allocated
+    node = _node(conf, asked=True)  # before anything is allocated; node.json read once per ADD
     existing = records.get(env.container_id, env.ifname)
     if existing is not None:
-        return _add_again(env, conf, records, existing)
-    iface, gateway = _allocate(env, conf)
+        return _add_again(env, conf, node, records, existing)
+    iface, gateway = _allocate(env, conf, node)
     record = PodRecord(env.container_id, env.ifname, env.netns, str(iface.ip), conf.ipam["type"],
                        str(iface.network), gateway,
                        env.args.get("K8S_POD_NAMESPACE", ""), env.args.get("K8S_POD_NAME", ""), conf.name)
     try:
         records.save(record)
-        record = _plumb(env, conf, records, record)
+        record = _plumb(env, conf, node, records, record)
     except BaseException as e:
         try:
             with phase("endpoint"):
-                endpoint.delete(_node(conf), env.container_id, env.ifname, iface.ip)
+                endpoint.delete(node, env.container_id, env.ifname, iface.ip)
             call_ipam(env, conf.raw, "DEL")
             records.remove(env.container_id, env.ifname)
         finally:

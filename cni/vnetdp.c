@@ -1,39 +1,62 @@
-/* vnetdp-cni-client: the vnetdp CNI plugins on a node whose agent runs in a
- * container (the vnetdp-node DaemonSet).
+/* The vnetdp CNI plugins, compiled: a call goes to the node agent without
+ * starting Python. The request and the reply are the framing of
+ * vnetdp/agent/wire.py, which defines it (the environment and stdin in, the
+ * open CNI_NETNS passed as a descriptor with the first bytes (SCM_RIGHTS),
+ * exit code, stdout and stderr back); tests/unit/test_cni_client.py holds
+ * this file to it. One source, two builds:
  *
- * The runtime (containerd, CRI-O) runs CNI plugins on the host, where the
- * image's Python, bcc and pyroute2 do not exist. So the host's plugins are
- * this static binary, called by two small wrappers (`vnetdp`, `vnetdp-ipam`,
- * written by vnetdp-node-init) that set the node's defaults and name the
- * plugin. It hands the call to the node agent exactly as cni/vnetdp's fast
- * path does -- the framing of vnetdp/agent/wire.py, with the open CNI_NETNS
- * passed as a descriptor (SCM_RIGHTS) -- and prints the agent's reply.
- * The Python entry point runs a call itself when no agent answers; this one
- * cannot, so it retries a call whose worker died (every command is
- * idempotent) and otherwise answers with CNI code 11 ("try again later"):
- * the runtime retries while the agent (re)starts.
+ * - the entry point `vnetdp install` compiles for its node (vnetdp/install.py)
+ *   and installs as `vnetdp` and `vnetdp-ipam`: the name it is called by is
+ *   the plugin. VNETDP_DEFAULTS are the node's defaults ("NAME=VALUE", ...:
+ *   set unless the caller set them), VNETDP_PYTHON and VNETDP_ENTRY the
+ *   interpreter and the Python entry point (cni/vnetdp). Whenever the agent
+ *   does not answer the call whole (none running, VNETDP_NO_AGENT set, a
+ *   worker that died mid-call, a call larger than the agent takes) it execs
+ *   the Python entry point, which runs the call itself: same code, same
+ *   result, every command being idempotent.
+ * - the node image's host client (deploy/kubernetes/Containerfile: static, no
+ *   VNETDP_PYTHON), `vnetdp-cni-client PLUGIN` behind the wrappers
+ *   vnetdp-node-init writes. The host has no Python of the image's, so it
+ *   retries a call whose worker died and otherwise answers CNI code 11 (try
+ *   again later), which runtimes retry while the agent (re)starts.
  *
- * Usage: vnetdp-cni-client PLUGIN   (PLUGIN: vnetdp or vnetdp-ipam)
+ * A CNI_NETNS that does not open goes as a path only, as from the Python entry
+ * point: the agent then answers as the plugin would (code 4 for ADD and CHECK
+ * naming the path; DEL succeeds).
  * Socket: $VNETDP_STATE_DIR/agent.sock (default /var/lib/vnetdp/agent.sock).
- * Build:  cc -static -O2 -o vnetdp-cni-client cni-client.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #define MAX_REQUEST (1 << 20)   /* wire.MAX_REQUEST */
 #define MAX_REPLY (1 << 30)     /* what wire.call accepts */
-#define FIRST_CHUNK 65536       /* wire.call sends the descriptor with the first 64 KiB */
+#define FIRST_SEND 65536        /* wire.FIRST_SEND: the descriptor goes with these bytes */
 #define ATTEMPTS 3
 #define CODE_INVALID_CONFIG 7
 #define CODE_TRY_AGAIN 11
-#define DEFAULT_STATE_DIR "/var/lib/vnetdp"
+#define DEFAULT_STATE_DIR "/var/lib/vnetdp"  /* vnetdp.defaults.DEFAULT_STATE_DIR */
+
+#ifndef VNETDP_DEFAULTS
+#define VNETDP_DEFAULTS
+#endif
+
+/* vnetdp.cni.invoke.SELF_MARKER, in an ELF note near the start of the file
+ * (invoke reads the first 4 KiB): an executable that carries it is never
+ * called as a delegate, whatever it is named. */
+__asm__(".pushsection .note.vnetdp, \"a\", @note\n"
+        ".balign 4\n.long 2f - 1f\n.long 4f - 3f\n.long 1\n"
+        "1: .asciz \"vnetdp\"\n2: .balign 4\n"
+        "3: .asciz \"vnetdp-cni-entry-point\"\n4: .balign 4\n"
+        ".popsection\n");
 
 extern char **environ;
 
@@ -50,7 +73,7 @@ static void put(struct buf *b, const void *data, size_t len)
             cap *= 2;
         b->data = realloc(b->data, cap);
         if (!b->data) {
-            perror("vnetdp-cni-client");
+            perror("vnetdp");
             exit(1);
         }
         b->cap = cap;
@@ -134,12 +157,11 @@ static void json_string(struct buf *b, const char *s)
 /* The spec's error object on stdout, exit code 1. */
 static int cni_error(const struct buf *in, int code, const char *msg, const char *details)
 {
-    char version[32];
+    char version[32], head[32];
     struct buf out = {0};
     cni_version(in, version, sizeof version);
     put(&out, "{\"cniVersion\": ", 15);
     json_string(&out, version);
-    char head[32];
     snprintf(head, sizeof head, ", \"code\": %d, \"msg\": ", code);
     put(&out, head, strlen(head));
     json_string(&out, msg);
@@ -150,20 +172,24 @@ static int cni_error(const struct buf *in, int code, const char *msg, const char
     return 1;
 }
 
-/* One call through the agent: 0 with rc set when it answered whole;
- * -1 when it did not (no agent listening, or a worker died mid-call). */
-static int call(const char *path, const struct buf *request, int netns_fd, int *rc)
+/* A socket connected to the agent; -1 when none listens. */
+static int agent_connect(const char *path)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), result = -1;
-    struct buf reply = {0};
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0)
         return -1;
     memcpy(addr.sun_path, path, strlen(path));
-    if (connect(s, (struct sockaddr *)&addr, sizeof addr) != 0)
-        goto out;
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        close(s);
+        return -1;
+    }
+    return s;
+}
 
-    size_t first = request->len < FIRST_CHUNK ? request->len : FIRST_CHUNK;
+static int send_request(int s, const struct buf *request, int netns_fd)
+{
+    size_t first = request->len < FIRST_SEND ? request->len : FIRST_SEND;
     struct iovec iov = {.iov_base = request->data, .iov_len = first};
     union {
         char buf[CMSG_SPACE(sizeof(int))];
@@ -185,17 +211,26 @@ static int call(const char *path, const struct buf *request, int netns_fd, int *
         sent = sendmsg(s, &msg, MSG_NOSIGNAL);
     while (sent < 0 && errno == EINTR);
     if (sent < 0)
-        goto out;
+        return -1;
     for (size_t off = (size_t)sent; off < request->len;) {
         ssize_t n = send(s, request->data + off, request->len - off, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            goto out;
+            return -1;
         off += (size_t)n;
     }
-    shutdown(s, SHUT_WR);
-    if (read_all(s, &reply, MAX_REPLY) != 0)
+    return shutdown(s, SHUT_WR);
+}
+
+/* One call on a connected socket (closed here): 0 with rc set when the
+ * agent answered whole, its stdout and stderr written out; -1 when it did not
+ * (a worker that died mid-call), nothing written. */
+static int call(int s, const struct buf *request, int netns_fd, int *rc)
+{
+    struct buf reply = {0};
+    int result = -1;
+    if (send_request(s, request, netns_fd) != 0 || read_all(s, &reply, MAX_REPLY) != 0)
         goto out;
 
     /* <exit code> <stdout length>\n<stdout><stderr> (wire.decode_reply) */
@@ -220,22 +255,67 @@ out:
     return result;
 }
 
+#ifdef VNETDP_PYTHON
+/* Run the call in-process through the Python entry point, told not to try the
+ * agent again, with stdin as read (``in``) through a memfd. Returns only when
+ * that cannot run. */
+static int in_process(const char *plugin, const struct buf *in)
+{
+    char details[512];
+    int fd = memfd_create("vnetdp-stdin", MFD_CLOEXEC);
+    if (fd < 0 || write_all(fd, in->data, in->len) != 0 || lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) < 0) {
+        snprintf(details, sizeof details, "passing stdin on: %s", strerror(errno));
+        return cni_error(in, CODE_TRY_AGAIN, "vnetdp: the call cannot run in-process", details);
+    }
+    close(fd);
+    setenv("VNETDP_NO_AGENT", "1", 1);
+    execv(VNETDP_PYTHON, (char *[]){VNETDP_PYTHON, "-S", VNETDP_ENTRY, (char *)plugin, NULL});
+    snprintf(details, sizeof details, "%s %s: %s", VNETDP_PYTHON, VNETDP_ENTRY, strerror(errno));
+    return cni_error(in, CODE_TRY_AGAIN, "vnetdp: the call cannot run in-process", details);
+}
+#endif
+
 int main(int argc, char **argv)
 {
+    static const char *const node_defaults[] = {VNETDP_DEFAULTS NULL};
     struct buf in = {0}, request = {0}, env = {0};
-    if (read_all(0, &in, MAX_REQUEST) != 0)
-        return cni_error(&in, CODE_INVALID_CONFIG, "vnetdp: stdin unreadable or larger than 1 MiB", "");
-    if (argc != 2 || !*argv[1] || strchr(argv[1], '\n'))
+#ifdef VNETDP_PYTHON
+    /* As the Python entry point: the plugin is argv[1] when given, else the name called by. */
+    const char *called = argc > 0 ? argv[0] : "vnetdp", *slash = strrchr(called, '/');
+    const char *plugin = argc > 1 ? argv[1] : slash ? slash + 1 : called;
+#else
+    if (argc != 2 || !*argv[1] || strchr(argv[1], '\n')) {
+        read_all(0, &in, MAX_REQUEST);
         return cni_error(&in, CODE_INVALID_CONFIG, "vnetdp-cni-client is not a CNI plugin itself",
                          "the node's plugins are the vnetdp and vnetdp-ipam wrappers beside it, "
                          "which call it with the plugin's name");
+    }
+    const char *plugin = argv[1];
+#endif
+    for (const char *const *d = node_defaults; *d; d++) {
+        const char *eq = strchr(*d, '=');
+        char name[256];
+        if (eq && (size_t)(eq - *d) < sizeof name) {
+            snprintf(name, sizeof name, "%.*s", (int)(eq - *d), *d);
+            setenv(name, eq + 1, 0);
+        }
+    }
 
     const char *state = getenv("VNETDP_STATE_DIR");
     char path[sizeof((struct sockaddr_un *)0)->sun_path];
     if (!state || !*state)
         state = DEFAULT_STATE_DIR;
-    if ((size_t)snprintf(path, sizeof path, "%s/agent.sock", state) >= sizeof path)
+    int path_ok = (size_t)snprintf(path, sizeof path, "%s/agent.sock", state) < sizeof path;
+
+#ifdef VNETDP_PYTHON
+    if (read_all(0, &in, SIZE_MAX) != 0)
+        return cni_error(&in, CODE_INVALID_CONFIG, "vnetdp: stdin unreadable", strerror(errno));
+#else
+    if (read_all(0, &in, MAX_REQUEST) != 0)
+        return cni_error(&in, CODE_INVALID_CONFIG, "vnetdp: stdin unreadable or larger than 1 MiB", "");
+    if (!path_ok)
         return cni_error(&in, CODE_INVALID_CONFIG, "vnetdp: the agent socket's path is too long", state);
+#endif
 
     for (char **e = environ; *e; e++) {
         if (env.len)
@@ -243,28 +323,36 @@ int main(int argc, char **argv)
         put(&env, *e, strlen(*e));
     }
     char head[64];
-    put(&request, argv[1], strlen(argv[1]));
+    put(&request, plugin, strlen(plugin));
     snprintf(head, sizeof head, "\n%zu\n", env.len);
     put(&request, head, strlen(head));
     put(&request, env.data, env.len);
     put(&request, in.data, in.len);
-    if (request.len > MAX_REQUEST)
-        return cni_error(&in, CODE_INVALID_CONFIG, "vnetdp: the call is larger than 1 MiB", "");
 
-    /* The netns as a descriptor: the agent lives in another mount namespace.
+    /* The netns as a descriptor: the agent may live in another mount namespace.
      * Never blocks, even on a FIFO; a path that does not open goes as a path. */
     const char *netns = getenv("CNI_NETNS");
     int netns_fd = netns && *netns ? open(netns, O_RDONLY | O_NONBLOCK | O_CLOEXEC) : -1;
-
     int rc;
+#ifdef VNETDP_PYTHON
+    const char *no_agent = getenv("VNETDP_NO_AGENT");
+    int s = path_ok && !(no_agent && *no_agent) && request.len <= MAX_REQUEST ? agent_connect(path) : -1;
+    if (s >= 0 && call(s, &request, netns_fd, &rc) == 0)
+        return rc;
+    return in_process(plugin, &in);
+#else
+    if (request.len > MAX_REQUEST)
+        return cni_error(&in, CODE_INVALID_CONFIG, "vnetdp: the call is larger than 1 MiB", "");
     for (int attempt = 0; attempt < ATTEMPTS; attempt++) {
         if (attempt)
             usleep(200000);
-        if (call(path, &request, netns_fd, &rc) == 0)
+        int s = agent_connect(path);
+        if (s >= 0 && call(s, &request, netns_fd, &rc) == 0)
             return rc;
     }
     char details[sizeof path + 160];
     snprintf(details, sizeof details,
              "no vnetdp agent answered at %s: the vnetdp-node pod of this node is not running (yet)", path);
     return cni_error(&in, CODE_TRY_AGAIN, "vnetdp: the node agent is not running; try again later", details);
+#endif
 }
