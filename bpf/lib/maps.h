@@ -157,6 +157,7 @@ struct vnd_snat_key {
 
 #define VND_SNAT_CLOSING 1      /* a TCP FIN or RST went through */
 #define VND_SNAT_REPLIED 2      /* IN entries: a reply came since the flow opened (or a SYN reopened it) */
+#define VND_SNAT_RESET 4        /* both entries: a TCP RST went through, either way: the port is free at once */
 
 struct vnd_snat_val {
 	__u64 last_seen;        /* bpf_ktime_get_ns(), refreshed at most once a second */

@@ -117,45 +117,79 @@ static __always_inline void snat_reverse_key(struct vnd_snat_key *rev,
 		snat_key(rev, val->addr, key->saddr, val->port, key->sport, key->proto, VND_SNAT_OUT);
 }
 
-/* Record activity on an entry: last_seen, and TCP closing or reopening. */
+/* Set (or clear) flags on the other entry of val's flow. */
+static __always_inline void snat_flag_other(const struct vnd_snat_key *key, const struct vnd_snat_val *val,
+					    __u8 set, __u8 clear)
+{
+	struct vnd_snat_val *other;
+	struct vnd_snat_key rev;
+
+	snat_reverse_key(&rev, key, val);
+	other = vnd_snat.lookup(&rev);
+	if (other)
+		other->flags = (other->flags & ~clear) | set;
+}
+
+/*
+ * Record activity on an entry: last_seen, and TCP closing or reopening. A
+ * FIN marks its own direction; a RST, which ends the connection at once on
+ * both ends, marks both entries reset.
+ */
 static __always_inline void snat_touch(struct vnd_snat_val *val, const struct vnd_snat_key *key,
 				       __u8 tcp_flags)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct vnd_snat_val *other;
-	struct vnd_snat_key rev;
+	__u8 reset = VND_SNAT_CLOSING | VND_SNAT_RESET;
 
 	if (now - val->last_seen > VND_SNAT_TOUCH_NS)
 		val->last_seen = now;
-	if (tcp_flags & (VND_TCP_FIN | VND_TCP_RST)) {
+	if (tcp_flags & VND_TCP_RST) {
+		val->flags |= reset;
+		snat_flag_other(key, val, reset, 0);
+	} else if (tcp_flags & VND_TCP_FIN) {
 		val->flags |= VND_SNAT_CLOSING;
 	} else if ((tcp_flags & (VND_TCP_SYN | VND_TCP_ACK)) == VND_TCP_SYN &&
 		   (val->flags & VND_SNAT_CLOSING)) {
 		/* The same tuple opens a new connection: both directions live
 		 * again, and it has seen no reply yet. */
-		val->flags &= ~(VND_SNAT_CLOSING | VND_SNAT_REPLIED);
-		snat_reverse_key(&rev, key, val);
-		other = vnd_snat.lookup(&rev);
-		if (other)
-			other->flags &= ~(VND_SNAT_CLOSING | VND_SNAT_REPLIED);
+		val->flags &= ~(reset | VND_SNAT_REPLIED);
+		snat_flag_other(key, val, 0, reset | VND_SNAT_REPLIED);
 	}
 }
 
 /*
- * Take over a port whose flow toward this destination has closed (FIN or RST
- * seen in reply, then quiet for VND_SNAT_REUSE_NS), as conntrack reuses a
- * TIME_WAIT tuple for a new SYN; without it a busy destination would run out
- * of ports while closed flows wait for the sweep. Returns 1 when the port is
- * free now.
+ * A flow of the pod at pod is gone before the sweep's recount: one fewer
+ * against its quota. Only a count above zero goes down (two CPUs releasing a
+ * pod's last counted flow at once could still wrap it: the pod would then
+ * be refused new flows until the next recount, within seconds; a 32-bit
+ * compare-and-swap needs a newer BPF instruction set than bcc targets).
+ */
+static __always_inline void snat_quota_release(__be32 pod)
+{
+	struct vnd_snat_quota *quota = vnd_snat_quota.lookup(&pod);
+
+	if (quota && quota->flows)
+		__sync_fetch_and_add(&quota->flows, -1);
+}
+
+/*
+ * Take over a port whose flow toward this destination has closed, as
+ * conntrack reuses a closed or TIME_WAIT tuple for a new SYN: at once after
+ * a RST either way, after VND_SNAT_REUSE_NS of quiet after a FIN in reply.
+ * Without it a busy destination would run out of ports while closed flows
+ * wait for the sweep. Returns 1 when the port is free now.
  */
 static __always_inline int snat_reclaim(struct vnd_snat_key *in_key, __u64 now)
 {
 	struct vnd_snat_val *old = vnd_snat.lookup(in_key);
 	struct vnd_snat_key out_key;
 
-	if (!old || !(old->flags & VND_SNAT_CLOSING) || now - old->last_seen < VND_SNAT_REUSE_NS)
+	if (!old || !(old->flags & VND_SNAT_CLOSING))
+		return 0;
+	if (!(old->flags & VND_SNAT_RESET) && now - old->last_seen < VND_SNAT_REUSE_NS)
 		return 0;
 	snat_reverse_key(&out_key, in_key, old);
+	snat_quota_release(old->addr);
 	vnd_snat.delete(&out_key);
 	vnd_snat.delete(in_key);
 	return 1;

@@ -2,6 +2,8 @@
 from_container, reverse translation in from_nic and from_nic_xdp."""
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror
 from scapy.layers.l2 import Ether
@@ -186,6 +188,27 @@ def test_a_closed_tcp_flows_port_is_taken_over_by_a_new_flow(maps, run):
     r = run("from_container", syn(40001))
     assert r.retval == TC_ACT_REDIRECT and r.frame[TCP].sport == 61000
     assert {e.sport for e in maps.snat_entries() if e.direction == M.SNAT_OUT} == {40001}
+
+
+@pytest.mark.parametrize("reset_by", ["pod", "remote"])
+def test_a_reset_flows_port_is_taken_over_at_once(maps, run, reset_by):
+    """A RST ends the connection on both ends: no quiet time, whichever side
+    sent it (a client that aborts its connections, as a load test does,
+    would otherwise run a destination out of ports)."""
+    set_node(maps, snat_port_min=61000, snat_port_max=61000)
+    syn = lambda sport: from_pod(TCP(sport=sport, dport=80, flags="S"))  # noqa: E731
+    assert run("from_container", syn(40000)).frame[TCP].sport == 61000
+    if reset_by == "pod":
+        run("from_container", from_pod(TCP(sport=40000, dport=80, flags="R")))
+    else:
+        run("from_nic", from_inet(TCP(sport=80, dport=61000, flags="R")))
+    assert {e.flags & (M.SNAT_CLOSING | M.SNAT_RESET) for e in maps.snat_entries()} == {
+        M.SNAT_CLOSING | M.SNAT_RESET}
+    r = run("from_container", syn(40001))
+    assert r.retval == TC_ACT_REDIRECT and r.frame[TCP].sport == 61000
+    assert {e.sport for e in maps.snat_entries() if e.direction == M.SNAT_OUT} == {40001}
+    assert not any(e.flags & M.SNAT_RESET for e in maps.snat_entries())  # the new flow's entries
+    assert maps.snat_quotas()[ipaddress.IPv4Address(POD_A["ip"])] == 1  # the flow taken over no longer counts
 
 
 def test_full_table_drops_new_flows_and_keeps_existing_ones(maps, run):

@@ -309,7 +309,7 @@ class SnatEntry:
     addr: ipaddress.IPv4Address  # OUT: primary IP; IN: pod address
     port: int                    # OUT: SNAT port; IN: pod port
     last_seen_ns: int            # CLOCK_MONOTONIC
-    flags: int                   # SNAT_CLOSING, SNAT_REPLIED (IN entries)
+    flags: int                   # SNAT_CLOSING, SNAT_RESET, SNAT_REPLIED (IN entries)
 
     @property
     def replied(self) -> bool:
