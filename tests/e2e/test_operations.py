@@ -250,7 +250,7 @@ def test_metrics_match_what_the_other_commands_show(lab):
     assert value(found, "vnetdp_snat_capacity") == s["snat"]["capacity"]
     assert value(found, "vnetdp_endpoints") == s["pods"]["endpoints"]
     assert ("vnetdp_snat_drops_total", frozenset({("reason", "DROP_SNAT_TABLE_FULL")})) in found
-    for source in ("datapath", "ipam", "snat", "spool"):
+    for source in ("datapath", "ipam", "snat", "policy", "spool"):
         assert value(found, "vnetdp_metrics_source_up", source=source) == 1
 
 

@@ -70,7 +70,9 @@ NODE = metrics.Snapshot(
     ],
     endpoints=2,
     pools=[{"subnet": "10.3.0.0/16", "gateway": "10.3.0.1", "size": 10, "used": 3, "free": 7}],
-    snat={"entries": 40, "capacity": 131072, "fill": 0.0003})
+    snat={"entries": 40, "capacity": 131072, "fill": 0.0003},
+    policy_drops=[{"address": "10.3.1.5", "pod": "default/web-0", "ruleSet": "web", "rule": "deny-8080",
+                   "direction": "Inbound", "packets": 4, "bytes": 240}])
 
 
 def test_a_scrape_has_the_node_counters_pools_and_snat_fill():
@@ -90,13 +92,16 @@ def test_a_scrape_has_the_node_counters_pools_and_snat_fill():
             got["vnetdp_ipam_pool_free"][subnet]) == (10, 3, 7)
     assert (got["vnetdp_snat_entries"][()], got["vnetdp_snat_capacity"][()]) == (40, 131072)
     assert set(got["vnetdp_metrics_source_up"].values()) == {1.0}
+    assert got["vnetdp_policy_drops_total"] == {labels(address="10.3.1.5", pod="default/web-0", rule_set="web",
+                                                       rule="deny-8080", direction="Inbound"): 4}
 
 
 def test_a_source_that_cannot_be_read_is_down_and_its_families_absent():
     snap = metrics.Snapshot(pools=NODE.pools, errors={"datapath": "no maps pinned", "snat": "no maps pinned"})
     got = scrape(metrics.NodeCollector(FakeSource(snap)))
     assert got["vnetdp_metrics_source_up"] == {labels(source="datapath"): 0, labels(source="ipam"): 1,
-                                               labels(source="snat"): 0, labels(source="spool"): 1}
+                                               labels(source="snat"): 0, labels(source="policy"): 1,
+                                               labels(source="spool"): 1}
     assert "vnetdp_datapath_packets_total" not in got and "vnetdp_snat_entries" not in got
     assert "vnetdp_ipam_pool_free" in got
 

@@ -116,6 +116,7 @@ class Snapshot:
     endpoints: int | None = None
     pools: list[dict[str, Any]] | None = None
     snat: dict[str, Any] | None = None
+    policy_drops: list[dict[str, Any]] | None = None  # vnetdp.policy.report's drops, by rule
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -156,6 +157,11 @@ class NodeSource:
             snap.snat = inspect.snat(self.dirs)
         except Exception as e:
             snap.errors["snat"] = str(e)
+        try:
+            from vnetdp.policy import report
+            snap.policy_drops = report.show(self.dirs.state_dir, self.dirs.bpffs.maps_dir)["drops"]
+        except Exception as e:
+            snap.errors["policy"] = str(e)
         return snap
 
 
@@ -169,7 +175,7 @@ def node_families(snap: Snapshot, snat_drops: list[str]) -> Iterator:
     """The families of one snapshot (a failed source's are left out)."""
     up = GaugeMetricFamily("vnetdp_metrics_source_up", "1 when this scrape could read the source",
                            labels=["source"])
-    for source in ("datapath", "ipam", "snat", "spool"):
+    for source in ("datapath", "ipam", "snat", "policy", "spool"):
         up.add_metric([source], 0 if source in snap.errors else 1)
     yield up
     if snap.counters is not None:
@@ -206,6 +212,12 @@ def node_families(snap: Snapshot, snat_drops: list[str]) -> Iterator:
                                 value=snap.snat["entries"])
         yield GaugeMetricFamily("vnetdp_snat_capacity", "SNAT table capacity (entries)",
                                 value=snap.snat["capacity"])
+    if snap.policy_drops is not None:
+        denied = CounterMetricFamily("vnetdp_policy_drops", "packets node policy denied, per endpoint and rule",
+                                     labels=["address", "pod", "rule_set", "rule", "direction"])
+        for d in snap.policy_drops:
+            denied.add_metric([d["address"], d["pod"], d["ruleSet"], d["rule"], d["direction"]], d["packets"])
+        yield denied
 
 
 class NodeCollector(Collector):
