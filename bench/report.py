@@ -163,36 +163,31 @@ def _profile_lines(results: dict) -> list[str]:
     return lines
 
 
-def _program_lines(results: dict) -> list[str]:
-    if not results["programs"]:
-        return []
-    counts = sorted({r["endpoints"] for r in results["programs"]})
-    lines = ["", "Per-program cost (BPF_PROG_TEST_RUN, ns/packet) by endpoints in the map", "",
-             "| case | " + " | ".join(f"{c} endpoints" for c in counts) + " |", "|---|" + "---|" * len(counts)]
-    by_case: dict = defaultdict(dict)
-    for r in results["programs"]:
-        by_case[r["case"]][r["endpoints"]] = r["ns_per_packet"]
-    for case, row in by_case.items():
-        lines.append(f"| {case} | " + " | ".join(str(row[c]) for c in counts) + " |")
-    return lines
-
-
-def _policy_lines(results: dict) -> list[str]:
-    """Node policy's cost by rule count (0: no rule set): ns per packet, and
-    the control plane's ms."""
-    rows = results.get("policy") or []
-    if not rows:
-        return []
-    counts = sorted({r["rules"] for r in rows})
-    lines = ["", "Node policy (BPF_PROG_TEST_RUN ns/packet; control plane ms) by rules in the pod's rule set", "",
-             "| case | " + " | ".join("no rule set" if c == 0 else f"{c} rules" for c in counts) + " |",
-             "|---|" + "---|" * len(counts)]
+def _case_table(title: str, rows: list[dict], key: str, label: Callable[[int], str]) -> list[str]:
+    """Rows of cases by a count (``key``): ns per packet, or ms where a row has that."""
+    counts = sorted({r[key] for r in rows})
+    lines = ["", title, "", "| case | " + " | ".join(map(label, counts)) + " |", "|---|" + "---|" * len(counts)]
     by_case: dict = defaultdict(dict)
     for r in rows:
-        by_case[r["case"]][r["rules"]] = r.get("ns_per_packet", r.get("ms"))
+        by_case[r["case"]][r[key]] = r.get("ns_per_packet", r.get("ms"))
     for case, row in by_case.items():
         lines.append(f"| {case} | " + " | ".join(str(row.get(c, "-")) for c in counts) + " |")
     return lines
+
+
+def _program_lines(results: dict) -> list[str]:
+    if not results["programs"]:
+        return []
+    return _case_table("Per-program cost (BPF_PROG_TEST_RUN, ns/packet) by endpoints in the map",
+                       results["programs"], "endpoints", lambda c: f"{c} endpoints")
+
+
+def _policy_lines(results: dict) -> list[str]:
+    """Node policy's cost by rule count (0: no rule set)."""
+    if not results.get("policy"):
+        return []
+    return _case_table("Node policy (BPF_PROG_TEST_RUN ns/packet; control plane ms) by rules in the pod's rule set",
+                       results["policy"], "rules", lambda c: f"{c} rules" if c else "no rule set")
 
 
 def _percentile(sorted_s: list[float], p: int) -> float:
