@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from bench import charts
+from bench.cni_latency import PHASES
 from bench.metrics import METRICS
 from bench.stats import BASE, Spread, added_cost, ratio, summary, verdict
 from bench.topologies import PATHS, VETH
@@ -217,7 +218,7 @@ def _phase_lines(results: dict) -> list[str]:
     if not phases:
         return []
     lines = ["", "vnetdp ADD by phase (ms, inside the plugin)", "", "| phase | p50 | p99 |", "|---|---|---|"]
-    for name in cni_latency.PHASES:
+    for name in PHASES:
         if name in phases:
             took = sorted(phases[name])
             lines.append(f"| {name} | {_percentile_ms(took, 50, 1)} | {_percentile_ms(took, 99, 1)} |")
