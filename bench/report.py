@@ -202,7 +202,8 @@ def _percentile_ms(sorted_s: list[float], p: int, digits: int = 0) -> str:
 def _cni_lines(results: dict) -> list[str]:
     if not results["cni"]:
         return []
-    lines = ["", "CNI control plane (ms; runtime-style calls, each a new process)", "",
+    again = f"; measured again at {results['cni_measured'][:16]}" if "cni_measured" in results else ""
+    lines = ["", f"CNI control plane (ms; runtime-style calls, each a new process{again})", "",
              "| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 | parallel ADDs wall |", "|---|---|---|---|---|---|"]
     for name, r in results["cni"].items():
         adds, dels = sorted(r["sequential"]["add_s"]), sorted(r["sequential"]["del_s"])

@@ -129,15 +129,3 @@ def enter_fd(target: int, what: str) -> Iterator[None]:
             _setns(here, "original namespace")
     finally:
         os.close(here)
-
-
-def preexec_entering(name_or_path: str):
-    """A ``preexec_fn`` that moves a child process into the namespace before it
-    runs its program (no ``ip netns exec``: no extra process, same mounts)."""
-    target = open_ns(name_or_path)
-
-    def _enter() -> None:
-        _setns(target, path_of(name_or_path))
-        os.close(target)
-
-    return _enter

@@ -43,10 +43,9 @@ def start(lab: Lab, command: str, ns: str, agent: bool = True) -> subprocess.Pop
     vm = lab.plan.vm(1)
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": ns, "CNI_NETNS": netns.path_of(ns),
            "CNI_IFNAME": "eth0", "CNI_PATH": lab.cni_bin_dir(vm), **({} if agent else {"VNETDP_NO_AGENT": "1"})}
-    with open(os.path.join(lab.plan.dir, "net.json"), "rb") as conf:
+    with open(os.path.join(lab.plan.dir, "net.json"), "rb") as conf, netns.enter(vm.ns):
         return subprocess.Popen([os.path.join(lab.cni_bin_dir(vm), "vnetdp")], stdin=conf,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                preexec_fn=netns.preexec_entering(vm.ns))
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
 def node_state(lab: Lab) -> dict:

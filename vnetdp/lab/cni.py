@@ -46,11 +46,11 @@ def invoke(vm_ns: str, bin_dir: str, command: str, conf: dict | bytes | str, con
            "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": ":".join((bin_dir, *extra_path)),
            "VNETDP_NO_AGENT": "" if agent else "1", **(extra_env or {})}
     stdin = conf if isinstance(conf, bytes) else (conf if isinstance(conf, str) else json.dumps(conf)).encode()
-    start = time.perf_counter()
-    proc = subprocess.run([os.path.join(bin_dir, plugin)], input=stdin, capture_output=True,
-                          env={k: v for k, v in env.items() if v}, timeout=timeout,
-                          preexec_fn=netns.preexec_entering(vm_ns))
-    seconds = time.perf_counter() - start
+    with netns.enter(vm_ns):  # the child starts in this thread's namespace (no preexec_fn: no slow fork)
+        start = time.perf_counter()
+        proc = subprocess.run([os.path.join(bin_dir, plugin)], input=stdin, capture_output=True,
+                              env={k: v for k, v in env.items() if v}, timeout=timeout)
+        seconds = time.perf_counter() - start
     try:
         output = json.loads(proc.stdout) if proc.stdout.strip() else None
     except ValueError:
