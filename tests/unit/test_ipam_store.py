@@ -77,7 +77,12 @@ def test_refresh_keeps_addresses_in_use_and_adds_new_ones(store):
         allocate(store, "c3")                      # held is not handed out again
 
 
-@pytest.mark.parametrize("content", ["", "   \n", "{\"pools\": [", "{\"pools\": [], \"allocations\": [{\"x\": 1}]}"])
+BAD_POOL = '{{"pools": [{{"subnet": "10.3.0.0/16", "gateway": "10.3.0.1", "addresses": [{}]}}], "allocations": []}}'
+
+
+@pytest.mark.parametrize("content", ["", "   \n", "{\"pools\": [", "{\"pools\": [], \"allocations\": [{\"x\": 1}]}",
+                                     BAD_POOL.format('"10.3.1.300"'), BAD_POOL.format('"10.3.1"'),
+                                     BAD_POOL.format('"10.3.1.1/32"'), BAD_POOL.format("7")])
 def test_corrupt_or_empty_state_is_reported_kept_and_never_replaced(store, content):
     corrupt(store, content)
     for _ in range(2):  # every call fails, nothing is handed out

@@ -24,8 +24,9 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from vnetdp.files import atomic_write, fsync_dir, json_records
 from vnetdp.ipam.errors import PoolExhausted, StateCorrupt, StateIoError
@@ -52,7 +53,7 @@ class Allocation:
     def to_json(self) -> dict:
         """As stored (state and lease): the owner only when it is not CNI, so a
         CNI allocation is written as before owners existed."""
-        data = asdict(self)
+        data = dict(vars(self))  # flat: asdict's deep copy costs more than the whole write
         if data["owner"] == CNI:
             del data["owner"]
         return data
@@ -74,10 +75,15 @@ class State:
     def from_json(cls, data: dict) -> State:
         state = cls(list(data["pools"]), [Allocation(**a) for a in data["allocations"]],
                     dict(data.get("cursor", {})), float(data.get("refreshed", 0)))
-        for pool in state.pools:  # validates the addresses
+        for pool in state.pools:  # validates the addresses (inet_pton: strict dotted quads, and fast)
             ipaddress.IPv4Network(pool["subnet"])
-            [ipaddress.IPv4Address(a) for a in pool["addresses"]]
+            for a in pool["addresses"]:
+                socket.inet_pton(socket.AF_INET, a)
         return state
+
+    def copy(self) -> State:
+        """A copy that later changes to this state leave alone (allocations are immutable)."""
+        return State([dict(p) for p in self.pools], list(self.allocations), dict(self.cursor), self.refreshed)
 
     def to_json(self) -> dict:
         return {"version": 1, "pools": self.pools, "allocations": [a.to_json() for a in self.allocations],
@@ -175,10 +181,10 @@ class Store:
         """The state under the lock; written back (atomically) if changed."""
         with self._locked():
             state = self._load()
-            before = state.to_json()
+            before = state.copy()
             yield state
-            if state.to_json() != before:
-                self._write(state, [Allocation(**a) for a in before["allocations"]])
+            if state != before:
+                self._write(state, before.allocations)
 
     def rebuild(self, allocations: Iterable[Allocation]) -> State:
         """Replace the state (also a corrupt one) with these allocations and no
@@ -203,7 +209,7 @@ class Store:
             raise StateIoError(f"cannot read IPAM state {self.path}: {e}")
         try:
             return State.from_json(json.loads(raw))
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: inet_pton's refusal
             aside = self._keep_aside(raw)
             raise StateCorrupt(f"IPAM state {self.path} is {'empty' if not raw.strip() else 'corrupt'} ({e}); "
                                f"a copy is kept at {aside}",
@@ -220,7 +226,7 @@ class Store:
     def _write(self, state: State, before: list[Allocation]) -> None:
         """The state file, then the lease files of what changed since ``before``."""
         try:
-            atomic_write(self.path, json.dumps(state.to_json(), indent=1))
+            atomic_write(self.path, json.dumps(state.to_json()))  # no indent: C encoder, ~10x faster on a full pool
             self._sync_leases(before, state.allocations)
         except OSError as e:
             raise StateIoError(f"cannot write IPAM state {self.path}: {e}")
