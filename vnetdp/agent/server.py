@@ -144,6 +144,8 @@ def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, worke
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     sweeper = snat.Sweeper(bpffs_dir, sweep_every) if bpffs_dir else None
+    if sweeper:  # the first sweep before the first workers: they inherit what it loaded (map types, modules)
+        sweeper.sweep_if_due()
     idle: set[int] = set()
     me = os.getpid()
     try:
