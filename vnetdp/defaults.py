@@ -6,6 +6,9 @@ import os
 DEFAULT_STATE_DIR = "/var/lib/vnetdp"
 DEFAULT_BPFFS_DIR = "/sys/fs/bpf/vnetdp"
 AGENT_SOCKET = "agent.sock"  # in the state directory
+#: In the state directory: CNI GC and reconcile hold it alone, endpoint changes
+#: (CNI ADD/DEL, the Docker driver) shared.
+GC_LOCK = "gc.lock"
 
 
 def state_dir(conf: dict | None = None) -> str:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 POLL_S = 0.005
+WAIT_S = 60.0  # how long the plugins and operations wait for a node lock
 
 
 class LockTimeout(TimeoutError):

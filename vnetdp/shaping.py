@@ -24,12 +24,6 @@ def shape(ipr: IPRoute, index: int, bytes_per_s: int, burst: int) -> None:
     ipr.tc("replace", KIND, index=index, handle=HANDLE, rate=bytes_per_s, burst=burst, limit=burst + queue)
 
 
-def unshape(ipr: IPRoute, index: int) -> None:
-    """Remove interface ``index``'s root tbf, if it has one."""
-    if shaped_rate(ipr, index) is not None:
-        ipr.tc("del", index=index, parent=ROOT)
-
-
 def shaped_rate(ipr: IPRoute, index: int) -> int | None:
     """The rate in bytes/s of interface ``index``'s root tbf; None without one."""
     for qdisc in ipr.get_qdiscs(index=index):

@@ -63,7 +63,7 @@ class Bpffs:
         return os.path.join(self.root, "maps")
 
     def progs_dir(self, build: str) -> str:
-        return os.path.join(self.root, "progs", build)
+        return os.path.join(self.progs_root, build)
 
     @property
     def links_dir(self) -> str:
@@ -80,7 +80,7 @@ class Bpffs:
         if not is_bpffs(parent):
             raise NotBpffs(f"{self.root} is not on a bpf filesystem "
                            f"(mount one: mount -t bpf bpf {parent})")
-        for d in (self.maps_dir, os.path.join(self.root, "progs"), self.links_dir):
+        for d in (self.maps_dir, self.progs_root, self.links_dir):
             os.makedirs(d, exist_ok=True)
 
     @property

@@ -44,7 +44,6 @@ ATTACH_TCX_INGRESS = 46
 ATTACH_TCX_EGRESS = 47
 
 BPF_ANY = 0
-BPF_NOEXIST = 1
 BPF_EXIST = 2
 
 # The heads of the kernel's union bpf_attr members and info structs that the

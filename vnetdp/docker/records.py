@@ -26,6 +26,8 @@ from typing import Any
 
 from vnetdp import naming
 from vnetdp.files import atomic_write, json_records
+from vnetdp.defaults import GC_LOCK
+from vnetdp.locks import WAIT_S as LOCK_WAIT_S
 from vnetdp.locks import LockTimeout, flocked
 from vnetdp.network.records import PodRecord, PodRecords
 
@@ -34,8 +36,6 @@ NETWORK_TAG = "docker:"      # PodRecord.network of a Docker endpoint: "docker:<
 IPAM_TYPE = "vnetdp-docker"  # PodRecord.ipam_type of a Docker endpoint
 IFNAME = "eth0"              # the attachment key's ifname (Docker names the interface in the container)
 PEER_PREFIX = "vnp"          # the container end, in the node's namespace until Docker moves it
-GC_LOCK = "gc.lock"          # the CNI plugin's: GC alone, endpoint changes shared
-LOCK_WAIT_S = 60.0
 
 
 class Busy(Exception):

@@ -18,20 +18,20 @@ from collections.abc import Iterator
 
 from pyroute2 import IPRoute
 
-from vnetdp import endpoint, links, naming, netns, rtnl
+from vnetdp import defaults, endpoint, links, naming, netns, rtnl
 from vnetdp.cni import invoke
 from vnetdp.cni.invoke import delegate
 from vnetdp.cni.logs import phase
 from vnetdp.cni.spec import CniError, Code, Env, Result, valid_attachments, version_result
 from vnetdp.datapath import settings
 from vnetdp.datapath.node import Node, NodeSettings, NodeSetupError
+from vnetdp.locks import WAIT_S as LOCK_WAIT_S
 from vnetdp.locks import LockTimeout, flocked
 from vnetdp.network import config
 from vnetdp.network.records import PodRecord, PodRecords, StateDirError
 
 log = logging.getLogger("vnetdp.cni")
 LOCKS_DIR = "locks"  # one lock file per attachment, in the state directory
-LOCK_WAIT_S = 60.0
 
 
 def _node(conf: config.NetConf, asked: bool = False) -> Node:
@@ -268,7 +268,7 @@ def _locks(env: Env, state_dir: str) -> Iterator[None]:
     bounded: a call that cannot get its turn is told to try again (code 11)."""
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(flocked(os.path.join(state_dir, "gc.lock"), exclusive=env.command == "GC",
+            held.enter_context(flocked(os.path.join(state_dir, defaults.GC_LOCK), exclusive=env.command == "GC",
                                        timeout=LOCK_WAIT_S))
             if env.container_id and env.ifname:
                 name = f"{naming.attachment_hash(env.container_id, env.ifname)[:24]}.lock"

@@ -42,7 +42,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from vnetdp.cni.logs import CallSpool, SpoolReader
 from vnetdp.ops import inspect
 
-DEFAULT_LISTEN = "127.0.0.1:9464"
 #: Seconds. An ADD through the agent takes tens of milliseconds; one that
 #: compiles the datapath, seconds.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from vnetdp import naming, plugins
+from vnetdp import defaults, naming, plugins
 from vnetdp.datapath import maps as M
 from vnetdp.datapath.node import nic_hooks
 from vnetdp.endpoint import POD_PROGRAMS as POD_HOOKS
@@ -41,8 +41,6 @@ IPv4 = ipaddress.IPv4Address
 NIC_HOOKS = ("ingress", "xdp")   # every hook the NIC may carry a program of vnetdp's at
 #: endpoint.check problems that a finer difference below already reports
 COVERED_PROBLEMS = ("datapath has no endpoint entry", "is not attached to", "host interface")
-GC_LOCK = "gc.lock"   # the network plugin's (vnetdp.network.commands): GC and reconcile run alone
-LOCK_WAIT_S = 60.0
 
 
 # --- what is observed ---------------------------------------------------------------
@@ -471,7 +469,7 @@ def repair(node, state_dir: str, found: list[Difference]) -> None:
                 raise RuntimeError(f"the pod MAC of {r.address} is neither recorded nor readable in {r.netns}")
             flags = old.flags if old is not None else public_ips.flag(node.settings, IPv4(r.address))
             if old is None and m.bandwidth(r.address) is not None:
-                flags |= getattr(M, "EP_BANDWIDTH", 0)  # its rate limits are still in their map
+                flags |= M.EP_BANDWIDTH  # its rate limits are still in their map
             m.put_endpoint(r.address, M.Endpoint(veth.index, pod_mac, veth.mac, flags))
 
     def public_ip(d: Difference) -> None:
@@ -579,10 +577,10 @@ def reconcile(state_dir: str, bpffs_dir: str, fix: bool = False) -> Result:
     thread's network namespace."""
     from vnetdp.datapath.node import Node, NodeSettings
     from vnetdp.datapath.settings import NodeSettingsFile
-    from vnetdp.locks import flocked
+    from vnetdp.locks import WAIT_S, flocked
 
     node = Node(NodeSettings(bpffs_dir=bpffs_dir, state_dir=state_dir, **NodeSettingsFile(state_dir).load()))
-    with flocked(os.path.join(state_dir, GC_LOCK), exclusive=True, timeout=LOCK_WAIT_S):
+    with flocked(os.path.join(state_dir, defaults.GC_LOCK), exclusive=True, timeout=WAIT_S):
         found = differences(observe(node, state_dir))
         result = Result(found)
         if fix and found:

@@ -37,13 +37,14 @@ from vnetdp.datapath.bpffs import CURRENT, PREVIOUS
 from vnetdp.datapath.loader import Programs
 from vnetdp.datapath.node import Node, NodeSettings
 from vnetdp.datapath.settings import NodeSettingsFile
+from vnetdp.defaults import GC_LOCK
+from vnetdp.locks import WAIT_S as LOCK_WAIT_S
 from vnetdp.locks import flocked
 from vnetdp.naming import is_host_ifname
 
 #: The network plugin's locks in the state directory (vnetdp.network.commands,
 #: vnetdp.datapath.node): GC and upgrades run alone, NIC changes one at a time.
-GC_LOCK, NODE_LOCK = "gc.lock", "node.lock"
-LOCK_WAIT_S = 60.0
+NODE_LOCK = "node.lock"
 
 
 class UpgradeError(Exception):
