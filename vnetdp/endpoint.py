@@ -79,12 +79,6 @@ def _untimed(name: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _shaper_socket(bandwidth: M.Bandwidth | None) -> contextlib.AbstractContextManager[IPRoute | None]:
-    """A pyroute2 socket for the shaper (``vnetdp.shaping``), for a pod with
-    rates only: opening one costs ~0.6 ms."""
-    return IPRoute() if bandwidth is not None and bandwidth.limited else contextlib.nullcontext()
-
-
 def add(node: Node, container_id: str, netns_path: str, ifname: str,
         address: ipaddress.IPv4Address, mtu: int | None = None,
         macs: tuple[str, str] | None = None, bandwidth: M.Bandwidth | None = None,
@@ -111,8 +105,7 @@ def add(node: Node, container_id: str, netns_path: str, ifname: str,
             with phase("attach"), netns.enter_fd(pod_ns, netns_path):
                 undo.callback(attach.detach, None, "xdp", node.bpffs.link_pin(name, POD_XDP_HOOK))
                 attach_pod_xdp(node, ifname, name)
-        with _shaper_socket(bandwidth) as ipr:
-            add_host_side(node, ipr, host, address, pod_mac, undo, bandwidth, phase)
+        add_host_side(node, None, host, address, pod_mac, undo, bandwidth, phase)
         undo.pop_all()  # success: keep everything
         return EndpointInfo(container_id, ifname, netns_path, address, name, host.index,
                             host.mac, pod_mac, mtu)
@@ -126,13 +119,14 @@ def add_host_side(node: Node, ipr: IPRoute | None, host: links.Link, address: ip
     neighbour, the map entries (flagged when the address has a public IP:
     ``vnetdp.public_ips``; its node policy's rule set, ``vnetdp.policy``),
     both programs attached; each step's undo
-    pushed on ``undo`` (``ipr``: pyroute2 for the shaper, which a pod with
-    rates needs). ``add`` and the Docker driver (whose other end Docker
+    pushed on ``undo`` (``ipr``: the caller's pyroute2 socket for the
+    ingress shaper, if it has one). ``add`` and the Docker driver (whose other end Docker
     moves into the container itself) share it."""
     with phase("addresses"), rtnl.Rtnl() as rt:
         rtnl.route_host(rt, address, host, pod_mac)
         if bandwidth is not None and bandwidth.ingress_bytes_per_s:
-            shaping.shape(ipr, host.index, bandwidth.ingress_bytes_per_s, bandwidth.ingress_burst_bytes)
+            with attach.socket_or_own(ipr) as own:  # pyroute2 only for a pod that needs a shaper
+                shaping.shape(own, host.index, bandwidth.ingress_bytes_per_s, bandwidth.ingress_burst_bytes)
         flags = public_ips.flag(node.settings, address)  # before its first packet leaves
         with node.maps() as m:
             undo.callback(_forget, node, address, host.index)

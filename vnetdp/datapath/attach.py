@@ -46,7 +46,7 @@ class Attachment:
 
 
 @contextlib.contextmanager
-def _rtnl(ipr: IPRoute | None) -> Iterator[IPRoute]:
+def socket_or_own(ipr: IPRoute | None) -> Iterator[IPRoute]:
     """The caller's netlink socket, or a new one for this call (opening one
     costs ~1.5 ms: callers that have one pass it)."""
     if ipr is not None:
@@ -82,7 +82,7 @@ def pinned_link(pin: str) -> Attachment | None:
 
 
 def _clsact_attachment(ifindex: int, hook: str, ipr: IPRoute | None) -> Attachment | None:
-    with _rtnl(ipr) as ipr:
+    with socket_or_own(ipr) as ipr:
         try:
             filters = ipr.get_filters(index=ifindex, parent=CLSACT_PARENTS[hook])
         except NetlinkError as e:
@@ -130,7 +130,7 @@ def _clsact_filter(prog_fd: int, ifindex: int, hook: str, ipr: IPRoute) -> None:
 
 
 def _attach_clsact(prog_fd: int, ifindex: int, hook: str, ipr: IPRoute | None) -> None:
-    with _rtnl(ipr) as ipr:
+    with socket_or_own(ipr) as ipr:
         try:
             ipr.tc("add", "clsact", index=ifindex)
         except NetlinkError as e:
@@ -166,7 +166,7 @@ def replace(prog_fd: int, ifindex: int, hook: str, pin: str,
         finally:
             os.close(fd)
     else:
-        with _rtnl(ipr) as own:
+        with socket_or_own(ipr) as own:
             _clsact_filter(prog_fd, ifindex, hook, own)
     after = attached(ifindex, hook, pin, ipr)
     if after is None or after.prog_id != syscall.prog_id(prog_fd):
@@ -242,7 +242,7 @@ def detach(ifindex: int | None, hook: str, pin: str, ipr: IPRoute | None = None)
             os.close(fd)
         remove_pin(pin)
     if hook in CLSACT_PARENTS and ifindex is not None:
-        with _rtnl(ipr) as ipr:
+        with socket_or_own(ipr) as ipr:
             try:
                 ipr.tc("del-filter", "bpf", index=ifindex, handle=FILTER_HANDLE, prio=FILTER_PRIO,
                        parent=CLSACT_PARENTS[hook])
