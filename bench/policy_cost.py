@@ -18,6 +18,7 @@ applying the set, and giving a new endpoint its set before its first packet
 from __future__ import annotations
 
 import argparse
+import os
 import ipaddress
 import tempfile
 import time
@@ -111,14 +112,18 @@ def measure(rule_counts: list[int], repeat: int = 200_000) -> list[dict]:
         for ip in (POD, OTHER):   # both behind the runs' device (ifindex 1): either may send
             m.put_endpoint(ip, M.Endpoint(1, MAC, MAC))
         fds = {case.prog: dp.prog_fd(case.prog) for case in (*KEPT.values(), *DENIED.values())}
-        for name, case in KEPT.items():
-            rows.append({"case": name, "rules": 0, "ns_per_packet": _measure(fds, m, ring, case, repeat)})
-        for count in rule_counts:
-            for name, ms in _control_plane(state, m, group(count)).items():
-                rows.append({"case": f"control plane: {name} (ms)", "rules": count, "ms": ms})
-            for name, case in {**KEPT, **DENIED}.items():
-                rows.append({"case": name, "rules": count, "ns_per_packet": _measure(fds, m, ring, case, repeat)})
-            enforce.delete(state, m.dir, f"cost{count}")
+        try:
+            for name, case in KEPT.items():
+                rows.append({"case": name, "rules": 0, "ns_per_packet": _measure(fds, m, ring, case, repeat)})
+            for count in rule_counts:
+                for name, ms in _control_plane(state, m, group(count)).items():
+                    rows.append({"case": f"control plane: {name} (ms)", "rules": count, "ms": ms})
+                for name, case in {**KEPT, **DENIED}.items():
+                    rows.append({"case": name, "rules": count, "ns_per_packet": _measure(fds, m, ring, case, repeat)})
+                enforce.delete(state, m.dir, f"cost{count}")
+        finally:
+            for fd in fds.values():
+                os.close(fd)
     return rows
 
 
