@@ -56,7 +56,7 @@ def nic_pools(state_dir: str, ipam: dict) -> Callable[[], list[Pool]]:
         except SettingError as e:
             raise PluginError(f"node settings: {e} (correct them with 'vnetdp node set')")
         conf = {"ipam": ipam, "stateDir": state_dir, **({"master": master} if master else {})}
-        return plugin._fresh_pools(conf)
+        return plugin.fresh_pools(conf)
     return read
 
 

@@ -54,8 +54,8 @@ class NodePlumbing:
     def in_use(self, address: ipaddress.IPv4Address) -> str | None:
         """The node's own address, or one a live endpoint holds (its address
         given by another IPAM plugin): the CNI plugin's test, the same one."""
-        from vnetdp.network.commands import _in_use
-        return _in_use(self.node(), address)
+        from vnetdp.network.commands import in_use
+        return in_use(self.node(), address)
 
     def add(self, endpoint_id: str, address: ipaddress.IPv4Address, mtu: int | None,
             host_mac: str | None = None, pod_mac: str | None = None) -> tuple[str, str]:

@@ -68,7 +68,7 @@ def _stale(state: State, ipam: dict) -> bool:
     return not state.pools or state.free() == 0 or time.time() - state.refreshed > _refresh_seconds(ipam)
 
 
-def _fresh_pools(conf: dict) -> list[Pool]:
+def fresh_pools(conf: dict) -> list[Pool]:
     """The source's pools less the node's own addresses (never a pod's,
     whatever a document says). Fetched outside the store's lock: a slow
     source must not hold up other pods' calls."""
@@ -105,7 +105,7 @@ def _command(env: Env, conf: dict, store: Store) -> dict | None:
         with store.transaction() as state:
             held = state.find(env.container_id, env.ifname) if env.command == "ADD" else None
             stale = not held and _stale(state, _ipam(conf))
-        pools = _fresh_pools(conf) if stale else None
+        pools = fresh_pools(conf) if stale else None
     with store.transaction() as state:
         if pools is not None:
             state.refresh(pools, time.time())

@@ -45,7 +45,7 @@ def ruleset(members: dict[str, tuple[str, list[ipaddress.IPv4Address] | None]],
                 f'    type filter hook ingress device "{link}" priority 0; policy accept;', *checks, "  }"]
     out.append("}")
     elems = ", ".join(str(a) for a in primaries)
-    out += ["table ip vnd_fabric_fwd {", "  counter inet_not_primary {}", f"  counter {INET_FROM_PRIMARY} {{}}",
+    out += [f"table ip {fabric_public_ips.FABRIC_TABLE} {{", "  counter inet_not_primary {}", f"  counter {INET_FROM_PRIMARY} {{}}",
             f"  set primaries {{ type ipv4_addr; elements = {{ {elems} }} }}", *fabric_public_ips.DECLARATIONS,
             "  chain forward {", "    type filter hook forward priority 0; policy accept;",
             f'    oifname "inet" ip saddr != @primaries ip saddr != @{fabric_public_ips.SOURCES} '

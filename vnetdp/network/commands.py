@@ -79,7 +79,7 @@ def _allocate(env: Env, conf: config.NetConf, node: Node) -> tuple[ipaddress.IPv
     problem = None if ip4 else f"IPAM plugin {conf.ipam['type']} returned no IPv4 address"
     if ip4:
         iface = ipaddress.IPv4Interface(ip4["address"])
-        problem = _in_use(node, iface.ip)
+        problem = in_use(node, iface.ip)
         if problem:
             problem = f"IPAM plugin {conf.ipam['type']} returned {iface.ip}, {problem}"
     if problem:
@@ -88,7 +88,7 @@ def _allocate(env: Env, conf: config.NetConf, node: Node) -> tuple[ipaddress.IPv
     return iface, ip4.get("gateway", "")
 
 
-def _in_use(node: Node, address: ipaddress.IPv4Address) -> str | None:
+def in_use(node: Node, address: ipaddress.IPv4Address) -> str | None:
     """Who already has ``address`` on this node (the node itself, or a live
     endpoint): an IPAM plugin that hands it out again is wrong, and the
     address must not be taken from its holder."""
