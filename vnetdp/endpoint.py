@@ -129,7 +129,7 @@ def add_host_side(node: Node, ipr: IPRoute | None, host: links.Link, address: ip
                 shaping.shape(own, host.index, bandwidth.ingress_bytes_per_s, bandwidth.ingress_burst_bytes)
         flags = public_ips.flag(node.settings, address)  # before its first packet leaves
         with node.maps() as m:
-            undo.callback(_forget, node, address, host.index)
+            undo.callback(forget, node, address, host.index)
             if bandwidth is not None and bandwidth.limited:
                 m.put_bandwidth(address, bandwidth)
             enforce.policy_for_endpoint(node.settings.state_dir, m, address)  # in force from its first packet
@@ -164,10 +164,12 @@ def _same_rates(a: M.Bandwidth | None, b: M.Bandwidth | None) -> bool:
     return rates(a) == rates(b)
 
 
-def _forget(node: Node, address: ipaddress.IPv4Address | None, ifindex: int | None) -> None:
-    """Remove the map entry for ``address`` if it still belongs to ``ifindex``,
-    and the address's flows with it: before the address can go to another
-    pod, which must never receive this one's traffic."""
+def forget(node: Node, address: ipaddress.IPv4Address | None, ifindex: int | None) -> None:
+    """Remove the map entry for ``address`` if it still belongs to ``ifindex``
+    (any, when None), and everything else the datapath keeps for the address
+    (rates, SNAT flows, rule set): before the address can go to another pod,
+    which must never receive this one's traffic or limits. Then the counters
+    of ``ifindex``, when given."""
     with node.maps() as m:
         if address is not None:
             ep = m.endpoint(address)
@@ -198,7 +200,7 @@ def delete(node: Node, container_id: str, ifname: str,
         if address is None and ifindex is not None:
             with node.maps() as m:
                 address = next((ip for ip, ep in m.endpoints().items() if ep.ifindex == ifindex), None)
-        _forget(node, address, ifindex)
+        forget(node, address, ifindex)
 
 
 def remove_strays(node: Node, keep: set[str]) -> list[str]:
@@ -218,10 +220,10 @@ def remove_strays(node: Node, keep: set[str]) -> list[str]:
         delete(node, "", "", host_name=name)
     if os.path.isdir(node.bpffs.maps_dir):
         with node.maps() as m:
-            for address, ep in m.endpoints().items():
-                if ep.ifindex not in present.values():
-                    m.delete_endpoint(address)
-                    m.forget_metrics(ep.ifindex)
+            gone = [(address, ep.ifindex) for address, ep in m.endpoints().items()
+                    if ep.ifindex not in present.values()]
+        for address, ifindex in gone:
+            forget(node, address, ifindex)
     return strays
 
 

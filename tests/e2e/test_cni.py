@@ -17,10 +17,12 @@ from lab_pods import address_of, host_port_serves
 from vnetdp import defaults, links, naming, netns
 from vnetdp.agent import wire
 from vnetdp.cni.spec import SUPPORTED_VERSIONS, Code
-from vnetdp.datapath import attach
+from vnetdp.datapath import attach, snat
 from vnetdp.ipam.store import Store
 from vnetdp.lab import cni, probe
+from vnetdp.lab import plan as P
 from vnetdp.lab.shell import in_ns, run
+from vnetdp.network.records import PodRecords
 
 CNI_DIR = pathlib.Path(__file__).resolve().parents[2] / "cni"
 REFERENCE_PLUGINS = "/usr/lib/cni"
@@ -117,6 +119,30 @@ def test_gc_releases_exactly_the_attachments_not_listed(lab, pods):
     assert pods.call("CHECK", keep).ok
     assert lab.cni(pods.vm, "CHECK", container_id=session_pod,
                    pod_netns=netns.path_of(session_pod)).ok
+
+
+def test_gc_forgets_everything_of_an_endpoint_whose_record_was_lost(lab, pods):
+    """An ADD interrupted before its record, then its netns removed: GC finds the
+    map entry of a veth that is gone and must drop the address's SNAT flows and
+    rates with it, or the next pod given the address would inherit them."""
+    rates = {"ingressRate": 8_000_000, "ingressBurst": 1_000_000, "egressRate": 8_000_000, "egressBurst": 1_000_000}
+    ns, call = pods.add(cni.network_config(capabilities={"bandwidth": True}, runtimeConfig={"bandwidth": rates}))
+    address = address_of(call)
+    assert probe.ping(ns, str(P.INET_IP)).ok
+
+    def held() -> tuple[bool, bool, int]:
+        with netns.enter(pods.vm.ns), lab.node(pods.vm).maps() as m:
+            return (m.endpoint(address) is not None, m.bandwidth(address) is not None,
+                    sum(str(f.pod[0]) == address for f in snat.flows(m)))
+
+    assert held() == (True, True, 1)
+    PodRecords(lab.plan.state_dir(pods.vm)).remove(ns, "eth0")
+    run(["ip", "netns", "del", ns])
+    assert probe.wait_until(lambda: not pods.host_link(ns), 5), "the host veth outlived its netns"
+    valid = [{"containerID": lab.plan.pod_ns(pods.vm, 1), "ifname": "eth0"}]
+    assert lab.cni(pods.vm, "GC", cni.network_config(**{"cni.dev/valid-attachments": valid})).ok
+    assert held() == (False, False, 0)
+    assert pods.allocation(ns) is None
 
 
 def test_status_and_version(lab, pods):

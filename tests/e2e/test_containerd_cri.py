@@ -293,15 +293,6 @@ def in_pod(sandbox: Sandbox, argv: list[str], timeout: float = 30):
     return run(["nsenter", "-t", str(sandbox.pid), "-n", *argv], check=False, timeout=timeout)
 
 
-def wait_until(condition, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def quiet(node: CriNode) -> bool:
     """containerd holds nothing for a sandbox: no mount under its directory
     (netns bind mounts, rootfs, /dev/shm) and no shim."""
@@ -356,7 +347,7 @@ def test_a_pod_sandbox_gets_a_vnet_address_reaches_the_peer_and_the_internet_and
     with pytest.raises(CriError):
         client.pod_sandbox_status(sid)
     assert node_state(lab, vm) == before
-    assert wait_until(lambda: quiet(cri_node)), (cri_node.ctd.mounts_under(cri_node.tmp), cri_node.ctd.shims())
+    assert probe.wait_until(lambda: quiet(cri_node)), (cri_node.ctd.mounts_under(cri_node.tmp), cri_node.ctd.shims())
 
 
 @pytest.mark.parametrize("handler,expected", [
@@ -377,7 +368,7 @@ def test_a_sandbox_that_fails_to_start_leaves_nothing(cri_node, handler, expecte
     assert client.list_pod_sandbox() == listed  # containerd keeps a sandbox only when its cleanup failed
     netns_dir = cri_node.ctd.netns_dir
     assert not netns_dir.exists() or os.listdir(netns_dir) == []
-    assert wait_until(lambda: quiet(cri_node)), (cri_node.ctd.mounts_under(cri_node.tmp), cri_node.ctd.shims())
+    assert probe.wait_until(lambda: quiet(cri_node)), (cri_node.ctd.mounts_under(cri_node.tmp), cri_node.ctd.shims())
 
 
 def _spread(values: list[float]) -> str:
@@ -428,4 +419,4 @@ def test_run_pod_sandbox_time_vnetdp_and_the_reference_bridge(cri_node, record_p
         record_property(f"{kind}_run_median_ms", round(statistics.median(t["run"]) * 1000, 1))
     print("\n" + "\n".join(report))
     assert node_state(lab, vm) == before
-    assert wait_until(lambda: quiet(cri_node)), (cri_node.ctd.mounts_under(cri_node.tmp), cri_node.ctd.shims())
+    assert probe.wait_until(lambda: quiet(cri_node)), (cri_node.ctd.mounts_under(cri_node.tmp), cri_node.ctd.shims())

@@ -64,6 +64,16 @@ def until_listening(attempt: Callable[[], T | None], tries: int = 50) -> T | Non
     return None
 
 
+def wait_until(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    """Whether ``condition`` came true within ``seconds`` (polled every 0.1 s)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def tcp_transfer(src_ns: str, dst_ns: str, dst: str, seconds: int = 1, connect: str | None = None) -> ProbeResult:
     """iperf3 from src_ns to a one-shot server in dst_ns listening on dst
     (``connect``: the address the client connects to, when the fabric

@@ -406,7 +406,7 @@ def repair(node, state_dir: str, found: list[Difference]) -> None:
     from pyroute2 import IPRoute
 
     from vnetdp import endpoint, links, netns, public_ips
-    from vnetdp.datapath import attach, snat
+    from vnetdp.datapath import attach
     from vnetdp.ipam.store import Store
     from vnetdp.network.records import PodRecords
 
@@ -444,12 +444,9 @@ def repair(node, state_dir: str, found: list[Difference]) -> None:
     def map_stray(d: Difference) -> None:
         with node.maps() as m:
             ep = m.endpoint(d.subject)
-            if ep is not None:  # as a DEL forgets an address (vnetdp.endpoint._forget)
-                m.delete_endpoint(d.subject)
-                m.delete_bandwidth(d.subject)
-                snat.purge(m, IPv4(d.subject))
-                if not any(v.index == ep.ifindex for v in _live_veths()):
-                    m.forget_metrics(ep.ifindex)
+        if ep is not None:  # a live veth's counters stay; a gone one's go with the entry
+            live = any(v.index == ep.ifindex for v in _live_veths())
+            endpoint.forget(node, IPv4(d.subject), None if live else ep.ifindex)
 
     def recreate(d: Difference) -> None:
         r = d.record
