@@ -112,8 +112,8 @@ def _added(results: dict) -> list[str]:
         return []
     topos = [t for t in _lab_topologies(results) if t != BASE]
     pairs = [(a, b) for a, b in _comparisons(topos) if b != BASE]
-    lines = ["", f"Added cost over `{BASE}` (the datapath's): CPU ns per packet (flood, sender) or per new "
-             f"connection (new_flows, client) above `{BASE}`'s in the same round; median (min-max).", "",
+    lines = ["", f"Added cost over `{BASE}` (the datapath's): CPU ns per packet (flood, sender), per new "
+             f"UDP flow (new_flows_udp, sender) or per new connection (new_flows, client) above `{BASE}`'s in the same round; median (min-max).", "",
              "| path | metric | " + " | ".join(topos + [f"{a}/{b}" for a, b in pairs]) + " |",
              "|---|---|" + "---|" * (len(topos) + len(pairs))]
     for path, metric in _rows(cost, PATHS):

@@ -33,7 +33,7 @@ def test_every_topology_carries_every_path(results):
     built = [t for t in LAB if t in results["topologies"]]
     expected = {(t, p, "flood") for t in built for p in PATHS}
     expected |= {(t, "vnet", m) for t in built for m in ("tcp_stream", "tcp_rr_same", "tcp_rr_cross")}
-    expected |= {(t, "internet", "new_flows") for t in built}
+    expected |= {(t, "internet", m) for t in built for m in ("new_flows", "new_flows_udp")}
     expected |= {("direct", "veth", m) for m in ("tcp_stream", "flood")}
     assert {(s["topology"], s["path"], s["metric"]) for s in results["samples"]} >= expected
     assert all(s["value"] for s in results["samples"]), [s for s in results["samples"] if not s["value"]]
@@ -78,6 +78,16 @@ def test_new_flows_through_snat(results):
     for s in samples(results, "new_flows"):
         assert s["value"] > 0 and s["client_cpu_ns"] > 0, s
         assert s["failures"] == 0 or s["topology"].startswith("vnetdp"), s
+
+
+def test_new_udp_flows_all_arrive_as_new_flows(results):
+    """Every datagram of the UDP new-flow test reaches the server's host, each to
+    a port of its own, through SNAT: vnetdp's counters moved for each one."""
+    for s in samples(results, "new_flows_udp"):
+        assert s["value"] > 0 and s["sender_cpu_ns"] > 0, s
+        assert s["loss"] == 0, s
+        if s["topology"].startswith("vnetdp"):
+            assert s["datapath_packets"] >= metrics.NEW_FLOWS_UDP, s
 
 
 def test_ratios_are_against_the_limit(results):
