@@ -7,6 +7,7 @@ the same size and the same members at the same offsets.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -182,3 +183,26 @@ def test_host_flows_are_listed_and_deleted(maps, run):
     assert all(f.last_seen_ns > 0 for f in flows)
     assert maps.delete_host_flow(flows[0]) and not maps.delete_host_flow(flows[0])
     assert maps.host_flows() == flows[1:]
+
+
+def test_a_map_set_opens_only_the_maps_a_call_uses_and_closes_them_together(datapath):
+    """An ADD touches a few of the node's maps: opening all of them (and
+    checking their sizes) cost ~20 bpf() calls per ADD."""
+    m = M.Maps(datapath.bpffs.maps_dir)
+    with m:
+        assert m.opened == {}
+        assert m.endpoint("10.255.255.254") is None
+        assert set(m.opened) == {"_endpoints"}
+        fd = m.opened["_endpoints"].fd
+        assert m.is_pinned(M.Maps._bandwidth) and "_bandwidth" not in m.opened
+    assert m.opened == {}
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_map_that_is_not_pinned_fails_when_used_not_when_the_set_opens(tmp_path):
+    with M.Maps(str(tmp_path)) as m:
+        assert not m.is_pinned(M.Maps._endpoints)
+        with pytest.raises(syscall.BpfError) as e:
+            m.endpoint("10.3.1.1")
+        assert e.value.errno == errno.ENOENT

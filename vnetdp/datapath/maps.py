@@ -15,6 +15,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Self
 
 from vnetdp.datapath import layouts as L
 from vnetdp.datapath import syscall
@@ -373,33 +374,63 @@ def _cidr_key(net: ipaddress.IPv4Network | str) -> dict:
     return {"prefixlen": net.prefixlen, "addr": ip_be32(net.network_address)}
 
 
-class Maps:
-    """All datapath maps of one node, opened from ``maps_dir``."""
+class Pinned:
+    """One pinned map of a ``MapSet``, declared as a class attribute: opened
+    from the set's directory on first use (BpfError(ENOENT) then when it is
+    not pinned) and closed with the set."""
+
+    def __init__(self, name: str, key: str, value: str, percpu: bool = False) -> None:
+        self.name, self.key, self.value, self.percpu = name, key, value, percpu
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.attr = attr
+
+    def __get__(self, maps: MapSet | None, owner: type | None = None) -> PinnedMap:
+        if maps is None:
+            return self  # type: ignore[return-value]
+        opened = maps.opened.get(self.attr)
+        if opened is None:
+            opened = maps.opened[self.attr] = PinnedMap(f"{maps.dir}/{self.name}", self.key, self.value,
+                                                        self.percpu)
+        return opened
+
+
+class MapSet:
+    """Pinned maps of one node's map directory, each opened when first used
+    (a call that needs two of them opens two), all closed together."""
 
     def __init__(self, maps_dir: str) -> None:
         self.dir = maps_dir
-        self._endpoints = PinnedMap(f"{maps_dir}/endpoints", "__be32", "struct vnd_endpoint")
-        self._node = PinnedMap(f"{maps_dir}/node", "__u32", "struct vnd_node")
-        self._cidrs = PinnedMap(f"{maps_dir}/vnet_cidrs", "struct vnd_cidr_key", "__u8")
-        self._metrics = PinnedMap(f"{maps_dir}/metrics", "struct vnd_metrics_key", "struct vnd_metrics_val",
-                                  percpu=True)
-        self._snat = PinnedMap(f"{maps_dir}/snat", "struct vnd_snat_key", "struct vnd_snat_val")
-        self._snat_quota = PinnedMap(f"{maps_dir}/snat_quota", "__be32", "struct vnd_snat_quota")
-        self._host_flows = PinnedMap(f"{maps_dir}/host_flows", "struct vnd_flow_key", "__u64")
-        self._bandwidth = PinnedMap(f"{maps_dir}/bandwidth", "__be32", "struct vnd_bandwidth")
-        self._monitor: PinnedMap | None = None  # opened on first use: older builds pinned none
+        self.opened: dict[str, PinnedMap] = {}
+
+    def is_pinned(self, declared: Pinned) -> bool:
+        """Whether the map ``declared`` (``Cls.attr``) is pinned, without opening it."""
+        return os.path.exists(f"{self.dir}/{declared.name}")
 
     def close(self) -> None:
-        for m in (self._endpoints, self._node, self._cidrs, self._metrics, self._snat, self._snat_quota,
-                  self._host_flows, self._bandwidth, self._monitor):
-            if m is not None:
-                m.close()
+        for m in self.opened.values():
+            m.close()
+        self.opened.clear()
 
-    def __enter__(self) -> Maps:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Maps(MapSet):
+    """The datapath maps of one node (but node policy's: ``PolicyMaps``)."""
+
+    _endpoints = Pinned("endpoints", "__be32", "struct vnd_endpoint")
+    _node = Pinned("node", "__u32", "struct vnd_node")
+    _cidrs = Pinned("vnet_cidrs", "struct vnd_cidr_key", "__u8")
+    _metrics = Pinned("metrics", "struct vnd_metrics_key", "struct vnd_metrics_val", percpu=True)
+    _snat = Pinned("snat", "struct vnd_snat_key", "struct vnd_snat_val")
+    _snat_quota = Pinned("snat_quota", "__be32", "struct vnd_snat_quota")
+    _host_flows = Pinned("host_flows", "struct vnd_flow_key", "__u64")
+    _bandwidth = Pinned("bandwidth", "__be32", "struct vnd_bandwidth")
+    _monitor = Pinned("monitor", "__u32", "struct vnd_monitor")   # older builds pinned none
 
     # endpoints
     def endpoint(self, ip: ipaddress.IPv4Address | str) -> Endpoint | None:
@@ -497,23 +528,17 @@ class Maps:
     def delete_host_flow(self, flow: HostFlow) -> bool:
         return self._host_flows.delete(flow.key())
 
-    # the monitor switch (vnetdp monitor)
-    def _monitor_map(self) -> PinnedMap:
-        """The switch's map; BpfError(ENOENT) when the node's build pinned none."""
-        if self._monitor is None:
-            self._monitor = PinnedMap(f"{self.dir}/monitor", "__u32", "struct vnd_monitor")
-        return self._monitor
-
+    # the monitor switch (vnetdp monitor); BpfError(ENOENT) when the node's build pinned none
     def monitor(self) -> MonitorSwitch:
-        c = self._monitor_map().get(0)
+        c = self._monitor.get(0)
         return MonitorSwitch(c.flags, c.lost)
 
     def set_monitor(self, flags: int) -> MonitorSwitch:
         """Ask the datapath for the events ``flags`` names (0: none), keeping
         the lost count (an event lost while this writes is not counted)."""
-        c = self._monitor_map().get(0)
+        c = self._monitor.get(0)
         c.flags = flags
-        self._monitor_map().put(0, c)
+        self._monitor.put(0, c)
         return MonitorSwitch(c.flags, c.lost)
 
     # counters

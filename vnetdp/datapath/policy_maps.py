@@ -103,50 +103,22 @@ class Drop:
     bytes: int
 
 
-class PolicyMaps:
-    """The policy maps of one node, opened from ``maps_dir``; BpfError(ENOENT)
-    when the node's programs predate node policy."""
+class PolicyMaps(M.MapSet):
+    """The policy maps of one node (each opened on first use)."""
 
-    def __init__(self, maps_dir: str) -> None:
-        self.dir = maps_dir
-        self._opened: list[M.PinnedMap] = []
-        try:
-            self._node = self._open("policy_node", "__u32", "struct vnd_policy_node")
-            self._endpoints = self._open("policy_endpoints", "__be32", "struct vnd_policy_endpoint")
-            self._addrs = self._open("policy_addrs", "struct vnd_policy_addr_key", "struct vnd_policy_class")
-            self._ports = self._open("policy_ports", "struct vnd_policy_port_key", "struct vnd_policy_rules")
-            self._flows = self._open("policy_flows", "struct vnd_flow_key", "struct vnd_policy_flow")
-            self._drops = self._open("policy_drops", "struct vnd_policy_drop_key", "struct vnd_metrics_val",
-                                     percpu=True)
-        except BaseException:
-            self.close()
-            raise
+    _node = M.Pinned("policy_node", "__u32", "struct vnd_policy_node")
+    _endpoints = M.Pinned("policy_endpoints", "__be32", "struct vnd_policy_endpoint")
+    _addrs = M.Pinned("policy_addrs", "struct vnd_policy_addr_key", "struct vnd_policy_class")
+    _ports = M.Pinned("policy_ports", "struct vnd_policy_port_key", "struct vnd_policy_rules")
+    _flows = M.Pinned("policy_flows", "struct vnd_flow_key", "struct vnd_policy_flow")
+    _drops = M.Pinned("policy_drops", "struct vnd_policy_drop_key", "struct vnd_metrics_val", percpu=True)
 
     @classmethod
     def pinned(cls, maps_dir: str) -> PolicyMaps | None:
         """The node's policy maps; None when its programs predate node policy
         (or nothing is pinned yet)."""
-        try:
-            return cls(maps_dir)
-        except syscall.BpfError as e:
-            if e.errno != errno.ENOENT:
-                raise
-            return None
-
-    def _open(self, name: str, key: str, value: str, percpu: bool = False) -> M.PinnedMap:
-        m = M.PinnedMap(f"{self.dir}/{name}", key, value, percpu)
-        self._opened.append(m)
-        return m
-
-    def close(self) -> None:
-        for m in self._opened:
-            m.close()
-
-    def __enter__(self) -> PolicyMaps:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        pm = cls(maps_dir)
+        return pm if pm.is_pinned(cls._node) else None
 
     # the switch: while it is off, the programs read nothing else
     def enabled(self) -> bool:

@@ -60,12 +60,9 @@ def open_maps(dirs: NodeDirs) -> Iterator:
     """The node's pinned maps; NotPinned when there are none."""
     from vnetdp.datapath.maps import Maps
 
-    try:
-        m = Maps(dirs.bpffs.maps_dir)
-    except syscall.BpfError as e:
-        if e.errno == errno.ENOENT:
-            raise NotPinned(f"no maps pinned in {dirs.bpffs.maps_dir} (vnetdp install pins them)") from e
-        raise
+    m = Maps(dirs.bpffs.maps_dir)
+    if not m.is_pinned(Maps._endpoints):
+        raise NotPinned(f"no maps pinned in {dirs.bpffs.maps_dir} (vnetdp install pins them)")
     with m:
         yield m
 

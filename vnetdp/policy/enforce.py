@@ -236,8 +236,11 @@ def policy_for_endpoint(state_dir: str, maps: M.Maps, address: ipaddress.IPv4Add
     with that address tells them (when a rule set selects by them).
     PolicyError when a rule set selects it but the node cannot enforce it."""
     store = Store(state_dir)
-    if not store.has_rule_sets():
-        forget_endpoint(maps, address)
+    if not store.has_rule_sets():  # the programs read nothing else then, and the sweep drops set-less flows
+        pm = PM.PolicyMaps.pinned(maps.dir)
+        if pm is not None:
+            with pm:
+                pm.delete_endpoint_set(address)
         return None
     with store.locked():
         rule_sets = store.rule_sets()
