@@ -20,9 +20,12 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
+def atomic_write(path: str, data: str | bytes, mode: int = 0o644, sync: bool = True) -> None:
     """Replace ``path`` with ``data``: a temp file beside it, fsync, rename,
-    fsync of the directory. A crash leaves the old file or the new one."""
+    fsync of the directory. A crash leaves the old file or the new one.
+    ``sync=False`` for what describes state a reboot ends (pods' veths and
+    namespaces): the rename still makes it whole or absent to any process,
+    which is all a crash of the writer needs, without the two disk flushes."""
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp-{os.getpid()}"
     raw = data.encode() if isinstance(data, str) else data
@@ -33,7 +36,8 @@ def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
             while view:
                 view = view[os.write(fd, view):]
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -41,7 +45,8 @@ def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if sync:
+        fsync_dir(directory)
 
 
 def json_files(directory: str, wanted: Callable[[str], bool]) -> Iterator[dict]:

@@ -2,7 +2,9 @@
 ifname): the network, the netns, the address and the runtime's pod name.
 Written before any plumbing, removed after all of it is gone, so DEL and GC
 always know what to undo, also after a crash or with the pod's namespace
-already deleted. ("Attachment" alone means a BPF program on a hook.)"""
+already deleted. Not flushed to disk: what a record describes (a veth, a
+netns) does not outlive a reboot, and the address it names is the IPAM
+store's, which is. ("Attachment" alone means a BPF program on a hook.)"""
 from __future__ import annotations
 
 import contextlib
@@ -48,7 +50,7 @@ class PodRecords:
     def save(self, record: PodRecord) -> None:
         try:
             os.makedirs(self.dir, exist_ok=True)
-            atomic_write(self._path(record.container_id, record.ifname), json.dumps(asdict(record)))
+            atomic_write(self._path(record.container_id, record.ifname), json.dumps(asdict(record)), sync=False)
         except OSError as e:
             raise StateDirError(e.errno, f"cannot write the pod record in {self.dir}: {e.strerror}") from e
 
