@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import io
 import logging
 import os
@@ -60,14 +61,15 @@ def _serve_one(conn: socket.socket) -> None:
 
 
 def _warm_up() -> None:
-    """Touch what a call touches (pyroute2 imports much of itself on first use)."""
+    """Touch what a call touches (pyroute2 imports much of itself on first
+    use): one link, loopback, as a dump of every link grows with the pods."""
     from pyroute2 import IPRoute
 
     from vnetdp.network import config
     config.parse({"cniVersion": "1.1.0", "name": "warm-up", "type": plugins.NETWORK,
                   "ipam": {"type": plugins.IPAM}})
     with IPRoute() as ipr:
-        ipr.get_links()
+        ipr.get_links(1)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -79,11 +81,13 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(server: socket.socket, parent: int) -> None:
-    """A pre-forked child: warm up, serve one connection, exit."""
+    """A pre-forked child: warm up, serve one connection, exit (what it
+    allocated goes with it: no garbage collection)."""
     try:
         _die_with_parent(parent)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        gc.disable()  # a collection in a fresh fork walks all the agent's objects, faulting in copies of their pages
         _warm_up()
         conn, _ = server.accept()
         server.close()
