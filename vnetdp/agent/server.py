@@ -132,11 +132,15 @@ def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, worke
     SNAT table every ``sweep_every`` seconds."""
     from pyroute2 import IPRoute
 
-    from vnetdp.datapath import layouts, snat
+    from vnetdp.datapath import maps, policy_maps, snat, syscall
 
     _mount_bpffs(bpffs_dir)
     plugins.preload()
-    layouts.ffi()  # maps.h's layouts, parsed (~19 ms) once for every worker rather than in each one's first call
+    # maps.h's layouts (~19 ms), each map's types and bpf()'s (~1 ms each): parsed
+    # once for every worker, not in each one's call
+    for declared in (maps.Maps, policy_maps.PolicyMaps):
+        declared.parse_layouts()
+    syscall.parse_types()
     with IPRoute() as ipr:
         ipr.get_links()
     os.makedirs(state_dir, exist_ok=True)

@@ -258,6 +258,15 @@ def BtfInfo():  # noqa: N802
     return _ffi().new("struct btf_info *")
 
 
+def parse_types() -> None:
+    """Have cffi parse, now, the types that calls allocate (it parses each on
+    its first use, ~1 ms): the agent does, before it forks workers."""
+    for make in (LinkInfo, ProgInfo, MapInfo, BtfInfo, _attr):
+        make()
+    for buffer in ("char[]", "uint8_t[]"):
+        _ffi().typeof(buffer)
+
+
 def obj_info(fd: int, info):
     """Fill ``info`` (LinkInfo, ProgInfo, MapInfo or BtfInfo) for the object behind ``fd``."""
     attr = _attr(info={"bpf_fd": fd, "info_len": _ffi().sizeof(info[0]), "info": _addr(info)})
