@@ -36,6 +36,7 @@ from vnetdp.lab import cni, fabric
 from vnetdp.lab import plan as P
 from vnetdp.lab.observe import counters as bpf_counters
 from vnetdp.lab.shell import in_ns, ip_batch, run
+from vnetdp.datapath.settings import NodeSettingsFile
 from vnetdp.lab.topology import Lab
 
 PATHS = ("vnet", "local", "internet")
@@ -114,9 +115,10 @@ class LabTopology(Topology):
     """A one-VM lab; the client is pod 1 and the local server pod 2."""
 
     hosts_pods = True
+    runs_vnetdp = False  # on its VM
 
     def __init__(self, pool: int = 250, **node_settings) -> None:
-        self.lab = Lab(P.Plan(secrets.token_hex(2), vms=1, pool=pool), **node_settings)
+        self.lab = Lab(P.Plan(secrets.token_hex(2), vms=1, pool=pool), self.runs_vnetdp, **node_settings)
         self.vm = self.lab.plan.vm(1)
         self.pods = 0
 
@@ -139,6 +141,10 @@ class LabTopology(Topology):
             return Endpoints(self.client_ns, p.pod_ns(self.vm, 2), self.local_ip())
         server = {"vnet": (p.peer, str(P.PEER_IP)), "internet": (p.inet, str(P.INET_IP))}[name]
         return Endpoints(self.client_ns, *server)
+
+    def describe(self) -> dict:
+        """Whether vnetdp is installed on the VM (its node settings written)."""
+        return {"vnetdp_installed": os.path.exists(NodeSettingsFile(self.lab.plan.state_dir(self.vm)).path)}
 
     def add_idle_pods(self, count: int) -> None:
         """Pods beyond 1 and 2 until ``count`` pods exist."""
@@ -166,11 +172,13 @@ class Limit(LabTopology):
 
     def describe(self) -> dict:
         """The client's links: its NIC to the fabric, the local veth, lo. Nothing of
-        vnetdp is attached to the NIC: that is the first CNI ADD's work, and none ran."""
-        return {"client_links": _links(self.vm.ns)}
+        vnetdp runs on the VM."""
+        return {**super().describe(), "client_links": _links(self.vm.ns)}
 
 
 class Vnetdp(LabTopology):
+    runs_vnetdp = True
+
     def __init__(self, nic_attach: str = "tc", pool: int = 250) -> None:
         super().__init__(pool, nicAttach=nic_attach)
         self.nic_attach = nic_attach
@@ -243,7 +251,8 @@ class Bridge(LabTopology):
     def describe(self) -> dict:
         """bridge-nf-call-iptables as the VM's namespace reads it (None: no br_netfilter)."""
         proc = in_ns(self.vm.ns, ["cat", f"{BRIDGE_NF}/bridge-nf-call-iptables"], check=False)
-        return {"bridge_nf_call_iptables": int(proc.stdout) if proc.returncode == 0 else None}
+        return {**super().describe(),
+                "bridge_nf_call_iptables": int(proc.stdout) if proc.returncode == 0 else None}
 
     def _ebtables(self, rule: list[str]) -> None:
         in_ns(self.vm.ns, ["ebtables", "-t", "nat", *rule])

@@ -14,10 +14,10 @@ import pytest
 from pyroute2 import IPRoute
 
 from lab_pods import address_of, host_port_serves
-from vnetdp import defaults, links, naming, netns
-from vnetdp.agent import wire
+from vnetdp import defaults, links, naming, netns, rtnl
+from vnetdp.agent import server, wire
 from vnetdp.cni.spec import SUPPORTED_VERSIONS, Code
-from vnetdp.datapath import attach, snat
+from vnetdp.datapath import attach, configured, snat
 from vnetdp.ipam.store import Store
 from vnetdp.lab import cni, probe
 from vnetdp.lab import plan as P
@@ -143,6 +143,26 @@ def test_gc_forgets_everything_of_an_endpoint_whose_record_was_lost(lab, pods):
     assert lab.cni(pods.vm, "GC", cni.network_config(**{"cni.dev/valid-attachments": valid})).ok
     assert held() == (False, False, 0)
     assert pods.allocation(ns) is None
+
+
+def test_the_agent_configures_the_node_as_it_starts(lab, tmp_path):
+    """So that no pod waits while the kernel creates the NIC's tcx link: with
+    the NIC's program and the record of the last configure gone, what the
+    agent runs at start puts both back (and a node not installed is left alone)."""
+    vm = lab.plan.vm(1)
+    node = lab.node(vm)
+    with netns.enter(vm.ns):
+        with IPRoute() as ipr:
+            nic = node.nic(ipr)
+        pin = node.bpffs.link_pin(nic.name, "ingress")
+        attach.detach(nic.index, "ingress", pin)
+        configured.forget(node)
+        server._configure_node(str(tmp_path), lab.node_bpffs_dir(vm))
+        assert attach.attached(nic.index, "ingress", pin) is None
+        server._configure_node(lab.plan.state_dir(vm), lab.node_bpffs_dir(vm))
+        assert attach.attached(nic.index, "ingress", pin).prog_id
+        with rtnl.Rtnl() as rt:
+            assert configured.holds(node, configured.observe(node, rt))
 
 
 def test_status_and_version(lab, pods):

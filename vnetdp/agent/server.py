@@ -127,6 +127,26 @@ def _mount_bpffs(bpffs_dir: str | None) -> None:
               file=sys.stderr)
 
 
+def _configure_node(state_dir: str, bpffs_dir: str | None) -> None:
+    """Configure the node now, as the first ADD would (NIC programs attached,
+    node map written): tcx's link on the NIC alone waits ~15 ms for the
+    kernel, which no pod should. Nothing to do before ``vnetdp install``; a
+    failure is logged and left to the first ADD, which reports it."""
+    from vnetdp import rtnl
+    from vnetdp.datapath import settings
+    from vnetdp.datapath.node import Node, NodeSettings
+
+    if not bpffs_dir or not os.path.exists(settings.NodeSettingsFile(state_dir).path):
+        return
+    try:
+        node = Node(NodeSettings(bpffs_dir=bpffs_dir, state_dir=state_dir,
+                                 **settings.NodeSettingsFile(state_dir).load()))
+        with rtnl.Rtnl() as rt:
+            node.ensure(rt)
+    except Exception as e:  # noqa: BLE001 - anything: the agent serves calls regardless
+        log.warning("the node is not configured yet (the first ADD will try again): %s", e)
+
+
 def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, workers: int = 8) -> None:
     """Serve until SIGTERM with ``workers`` warm workers waiting; sweep the
     SNAT table every ``sweep_every`` seconds."""
@@ -141,6 +161,7 @@ def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, worke
     for declared in (maps.Maps, policy_maps.PolicyMaps):
         declared.parse_layouts()
     syscall.parse_types()
+    _configure_node(state_dir, bpffs_dir)
     with IPRoute() as ipr:
         ipr.get_links()
     os.makedirs(state_dir, exist_ok=True)

@@ -55,8 +55,12 @@ def running_plan(lab_id: str) -> P.Plan:
 
 
 class Lab:
-    def __init__(self, plan: P.Plan, **node_settings) -> None:
+    def __init__(self, plan: P.Plan, vnetdp: bool = True, **node_settings) -> None:
+        """``vnetdp``: the VMs run vnetdp (installed, its agent up, the host
+        agent's documents served); False for the bench's baselines, whose
+        VMs must carry nothing of it."""
         self.plan = plan
+        self.vnetdp = vnetdp
         # Every VM's node settings (config names, e.g. nicAttach="xdp"), set at install;
         # the peered VNet is on the VNet: not translated; pods' public IPs are learnt
         # from the VM's metadata document.
@@ -117,6 +121,8 @@ class Lab:
             os.makedirs(p.state_dir(vm), exist_ok=True)
             self._record("mounts", p.bpffs_dir(vm))
             bpffs.mount(p.bpffs_dir(vm))
+            if not self.vnetdp:
+                continue
             self._start_nmagent(vm)
             os.makedirs(self.log_dir(vm), exist_ok=True)
             install.install(self.cni_bin_dir(vm), self.cni_conf_dir(vm), p.state_dir(vm),
@@ -147,7 +153,8 @@ class Lab:
         _wait_for(listening, proc, f"document server in {vm.ns}")
 
     def _start_agent(self, vm: P.Vm) -> None:
-        """The node agent (CNI fast path, SNAT sweeps), up before the first pod."""
+        """The node agent (CNI fast path, SNAT sweeps), up before the first pod
+        and configuring the node as it starts."""
         proc = self.start(vm.ns, CLI_MODULE, ["agent", "--state-dir", self.plan.state_dir(vm),
                                             "--bpffs-dir", self.node_bpffs_dir(vm),
                                             "--sweep-every", str(SWEEP_EVERY_S)])
