@@ -151,6 +151,22 @@ def test_orphan_direction_is_removed_by_the_sweep(lab):
         assert not [e for e in m.snat_entries() if e.direction == 1 and e.port == 30004]
 
 
+def test_the_agent_sweeps_while_no_call_arrives(lab):
+    """The agent's loop used to wait for a worker's exit before each sweep, so
+    a node without CNI calls never expired a flow: its pods' quotas and the
+    table filled until new flows were dropped. An orphan (5 s of grace) must
+    go by the agent's own sweep (every 2 s in the lab) with no call made."""
+    vm1 = lab.plan.vm(1)
+    with ns_socket(lab.plan.pod_ns(vm1, 1), socket.SOCK_DGRAM) as udp:
+        udp.bind(("0.0.0.0", 30005))
+        udp.sendto(b"x", (INET, UDP_PORT))
+    with lab.node(vm1).maps() as m:
+        [flow] = [f for f in snat.flows(m) if f.pod[1] == 30005]
+        m.delete_snat(flow.inbound)
+        assert probe.wait_until(lambda: not [f for f in snat.flows(m) if f.pod[1] == 30005],
+                                snat.Timeouts().orphan + 5)
+
+
 def test_snat_disabled_leaves_pod_traffic_untranslated_and_the_fabric_drops_it(lab):
     vm2 = lab.plan.vm(2)
     before = fabric.counters(lab.plan)["inet_not_primary"]

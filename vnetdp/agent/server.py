@@ -169,6 +169,7 @@ def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, worke
     server = _listen(path)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)  # drained after every wake-up, also one by the sweep's timeout
     signal.set_wakeup_fd(wake_w)  # a worker's exit (SIGCHLD) wakes the loop
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
