@@ -7,6 +7,7 @@ the same size and the same members at the same offsets.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -206,3 +207,27 @@ def test_a_map_that_is_not_pinned_fails_when_used_not_when_the_set_opens(tmp_pat
         with pytest.raises(syscall.BpfError) as e:
             m.endpoint("10.3.1.1")
         assert e.value.errno == errno.ENOENT
+
+
+def test_open_all_reports_a_missing_map_and_a_closed_set_is_not_reopened(datapath):
+    """Status and reconcile open every map to report a missing or foreign one;
+    a set used after close would leak the descriptors it reopened."""
+    partial = os.path.join(os.path.dirname(datapath.bpffs.root), "one-map-of-eight")
+    os.makedirs(partial)
+    fd = syscall.obj_get(f"{datapath.bpffs.maps_dir}/endpoints")
+    try:
+        syscall.obj_pin(fd, f"{partial}/endpoints")
+        m = M.Maps(partial)
+        with pytest.raises(syscall.BpfError) as e:
+            m.open_all()
+        assert e.value.errno == errno.ENOENT and m.opened == {} and m.closed
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{partial}/endpoints")
+        os.rmdir(partial)
+    m = M.Maps(datapath.bpffs.maps_dir).open_all()
+    assert {"_endpoints", "_snat", "_bandwidth", "_metrics"} <= set(m.opened) and "_monitor" not in m.opened
+    m.close()
+    with pytest.raises(ValueError, match="closed"):
+        m.endpoint("10.3.1.1")

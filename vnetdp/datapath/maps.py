@@ -379,8 +379,9 @@ class Pinned:
     from the set's directory on first use (BpfError(ENOENT) then when it is
     not pinned) and closed with the set."""
 
-    def __init__(self, name: str, key: str, value: str, percpu: bool = False) -> None:
+    def __init__(self, name: str, key: str, value: str, percpu: bool = False, optional: bool = False) -> None:
         self.name, self.key, self.value, self.percpu = name, key, value, percpu
+        self.optional = optional  # older builds pinned none
 
     def __set_name__(self, owner: type, attr: str) -> None:
         self.attr = attr
@@ -388,6 +389,8 @@ class Pinned:
     def __get__(self, maps: MapSet | None, owner: type | None = None) -> PinnedMap:
         if maps is None:
             return self  # type: ignore[return-value]
+        if maps.closed:
+            raise ValueError(f"{maps.dir}: the map set is closed")
         opened = maps.opened.get(self.attr)
         if opened is None:
             opened = maps.opened[self.attr] = PinnedMap(f"{maps.dir}/{self.name}", self.key, self.value,
@@ -402,6 +405,7 @@ class MapSet:
     def __init__(self, maps_dir: str) -> None:
         self.dir = maps_dir
         self.opened: dict[str, PinnedMap] = {}
+        self.closed = False
 
     @classmethod
     def parse_layouts(cls) -> None:
@@ -414,13 +418,32 @@ class MapSet:
                 L.pointer_type(declared.value)
 
     def is_pinned(self, declared: Pinned) -> bool:
-        """Whether the map ``declared`` (``Cls.attr``) is pinned, without opening it."""
-        return os.path.exists(f"{self.dir}/{declared.name}")
+        """Whether the map ``declared`` (``Cls.attr``) is pinned, without
+        opening it; OSError for what hides the answer (no permission)."""
+        try:
+            os.stat(f"{self.dir}/{declared.name}")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def open_all(self) -> Self:
+        """Open (and size-check) every declared map now: for the commands that
+        report a missing or foreign map rather than fail on first use. On a
+        failure the set is closed."""
+        try:
+            for declared in vars(type(self)).values():
+                if isinstance(declared, Pinned) and not declared.optional:
+                    getattr(self, declared.attr)
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     def close(self) -> None:
         for m in self.opened.values():
             m.close()
         self.opened.clear()
+        self.closed = True
 
     def __enter__(self) -> Self:
         return self
@@ -440,7 +463,7 @@ class Maps(MapSet):
     _snat_quota = Pinned("snat_quota", "__be32", "struct vnd_snat_quota")
     _host_flows = Pinned("host_flows", "struct vnd_flow_key", "__u64")
     _bandwidth = Pinned("bandwidth", "__be32", "struct vnd_bandwidth")
-    _monitor = Pinned("monitor", "__u32", "struct vnd_monitor")   # older builds pinned none
+    _monitor = Pinned("monitor", "__u32", "struct vnd_monitor", optional=True)
 
     # endpoints
     def endpoint(self, ip: ipaddress.IPv4Address | str) -> Endpoint | None:

@@ -63,7 +63,7 @@ def open_maps(dirs: NodeDirs) -> Iterator:
     m = Maps(dirs.bpffs.maps_dir)
     if not m.is_pinned(Maps._endpoints):
         raise NotPinned(f"no maps pinned in {dirs.bpffs.maps_dir} (vnetdp install pins them)")
-    with m:
+    with m.open_all():
         yield m
 
 

@@ -338,7 +338,7 @@ def observe(node, state_dir: str) -> Observed:
     o.maps_pinned = os.path.isdir(node.bpffs.maps_dir) and bool(os.listdir(node.bpffs.maps_dir))
     if o.maps_pinned:
         try:
-            with node.maps() as m:
+            with node.maps().open_all() as m:
                 o.endpoints = {ip: MapEntry(ep.ifindex, ep.pod_mac, ep.host_mac, ep.flags)
                                for ip, ep in m.endpoints().items()}
         except Exception as e:  # a map missing or of another layout: say so, compare the rest
