@@ -34,6 +34,18 @@ import time
 from collections.abc import Iterator
 
 @contextlib.contextmanager
+def _seconds(text: str) -> float:
+    """An argument that is a time to wait, finite and above zero (a loop
+    without one spins)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite time above zero")
+    return value
+
+
 def _node_maps(args: argparse.Namespace) -> Iterator:
     """The maps pinned at --bpffs-dir, opened inside --netns if given."""
     from vnetdp import netns
@@ -425,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     snat.add_argument("action", choices=["list", "sweep"])
     _node_args(snat)
     snat.add_argument("--json", action="store_true", help="list: as JSON")
-    snat.add_argument("--every", type=float, help="sweep: repeat every this many seconds")
+    snat.add_argument("--every", type=_seconds, help="sweep: repeat every this many seconds")
     for name in ("tcp", "tcp_closing", "udp", "icmp", "orphan", "embryonic"):
         snat.add_argument(f"--{name.replace('_', '-')}-timeout", dest=name, type=float,
                           help=f"sweep: idle seconds before a {name.replace('_', ' ')} flow expires")
@@ -463,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     agent = sub.add_parser("agent", help="the node agent: CNI fast path and SNAT sweeps")
     agent.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     agent.add_argument("--bpffs-dir", default=DEFAULT_BPFFS_DIR)
-    agent.add_argument("--sweep-every", type=float, default=2.0, help="seconds between SNAT sweeps")
+    agent.add_argument("--sweep-every", type=_seconds, default=2.0, help="seconds between SNAT sweeps")
     agent.set_defaults(func=_agent)
     from vnetdp import defaults
     from vnetdp.docker import DEFAULT_SOCKET

@@ -125,3 +125,15 @@ def test_nothing_imports_netaddr():
             for p in (REPO / top).rglob("*") if p.is_file() and p.suffix in ("", ".py")
             and re.search(r"^\s*(import|from)\s+netaddr\b", p.read_text(errors="replace"), re.M)]
     assert uses == []
+
+
+@pytest.mark.parametrize("argv", [["agent", "--sweep-every"], ["snat", "sweep", "--bpffs-dir", "/nonexistent",
+                                                               "--every"]])
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "soon"])
+def test_a_sweep_interval_must_be_a_finite_time_above_zero(argv, seconds, capsys):
+    """The agent's loop and `snat sweep --every` would spin on zero or less."""
+    from vnetdp import cli
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, seconds])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and ("above zero" in err or "not a number of seconds" in err), err

@@ -10,7 +10,8 @@ Workers warm up before they accept (pyroute2's lazy imports, copy-on-write
 faults), so a call pays for neither, and they die with the agent. When the
 agent is not running the entry points run the call themselves, so it is an
 accelerator, never a dependency. The agent must run in the node's network
-namespace. Between calls it sweeps the SNAT table.
+namespace. As it starts it configures the node, as the first ADD would; then
+it sweeps the SNAT table every few seconds.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 from vnetdp import defaults, netns, plugins
 from vnetdp.agent import wire
@@ -131,7 +133,9 @@ def _configure_node(state_dir: str, bpffs_dir: str | None) -> None:
     """Configure the node now, as the first ADD would (NIC programs attached,
     node map written): tcx's link on the NIC alone waits ~15 ms for the
     kernel, which no pod should. Nothing to do before ``vnetdp install``; a
-    failure is logged and left to the first ADD, which reports it."""
+    failure is logged and left to the first ADD, which reports it. Run in a
+    child of the agent (``_in_child``): after a reboot it compiles the
+    programs, and bcc must not stay in the process every worker forks from."""
     from vnetdp import rtnl
     from vnetdp.datapath import settings
     from vnetdp.datapath.node import Node, NodeSettings
@@ -145,6 +149,17 @@ def _configure_node(state_dir: str, bpffs_dir: str | None) -> None:
             node.ensure(rt)
     except Exception as e:  # noqa: BLE001 - anything: the agent serves calls regardless
         log.warning("the node is not configured yet (the first ADD will try again): %s", e)
+
+
+def _in_child(work: Callable[[], None]) -> None:
+    """Run ``work`` in a forked child and wait for it."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            work()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, workers: int = 8) -> None:
@@ -161,7 +176,7 @@ def serve(state_dir: str, bpffs_dir: str | None, sweep_every: float = 2.0, worke
     for declared in (maps.Maps, policy_maps.PolicyMaps):
         declared.parse_layouts()
     syscall.parse_types()
-    _configure_node(state_dir, bpffs_dir)
+    _in_child(lambda: _configure_node(state_dir, bpffs_dir))
     with IPRoute() as ipr:
         ipr.get_links()
     os.makedirs(state_dir, exist_ok=True)

@@ -256,8 +256,8 @@ def policy_for_endpoint(state_dir: str, maps: M.Maps, address: ipaddress.IPv4Add
 
 
 def forget_endpoint(maps: M.Maps, address: ipaddress.IPv4Address) -> None:
-    """DEL: the endpoint's set, flows and drop counters go (before its
-    address can go to another pod)."""
+    """An endpoint removed (DEL, or GC and reconcile for a stray): its set,
+    flows and drop counters go (before its address can go to another pod)."""
     pm = PM.PolicyMaps.pinned(maps.dir)
     if pm is None:
         return
