@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #define MAX_BATCH 1024
-#define USAGE "udpflood -d ADDR -p PORT [-s 1..1472] [-t SECONDS>0] [-c CPU] [-b 1..1024] [-n FLOWS, PORT+FLOWS<=65536]"
+#define USAGE "udpflood -d ADDR -p 1..65535 [-s 1..1472] [-t SECONDS>0] [-c CPU] [-b 1..1024] [-n FLOWS, PORT+FLOWS<=65536]"
 
 int main(int argc, char **argv)
 {
@@ -24,6 +24,7 @@ int main(int argc, char **argv)
 	double seconds = 1;
 	int size = 64, cpu = 0, batch = 64, opt;
 	long flows = 0;
+	char *rest;
 
 	while ((opt = getopt(argc, argv, "d:p:s:t:c:b:n:")) != -1) {
 		switch (opt) {
@@ -33,12 +34,12 @@ int main(int argc, char **argv)
 		case 't': seconds = atof(optarg); break;
 		case 'c': cpu = atoi(optarg); break;
 		case 'b': batch = atoi(optarg); break;
-		case 'n': flows = atol(optarg); break;
+		case 'n': flows = strtol(optarg, &rest, 10); if (*rest || rest == optarg) usage(USAGE); break;
 		default: usage(USAGE);
 		}
 	}
 	if (!dst || !port || size < 1 || size > 1472 || batch < 1 || batch > MAX_BATCH || seconds <= 0 ||
-	    flows < 0 || atoi(port) + flows > 65536)
+	    atoi(port) < 1 || atoi(port) > 65535 || flows < 0 || flows > 65536 - atoi(port))
 		usage(USAGE);
 	pin(cpu);
 	stop_on_signals();
