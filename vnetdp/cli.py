@@ -33,7 +33,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-@contextlib.contextmanager
 def _seconds(text: str) -> float:
     """An argument that is a time to wait, finite and above zero (a loop
     without one spins)."""
@@ -46,6 +45,7 @@ def _seconds(text: str) -> float:
     return value
 
 
+@contextlib.contextmanager
 def _node_maps(args: argparse.Namespace) -> Iterator:
     """The maps pinned at --bpffs-dir, opened inside --netns if given."""
     from vnetdp import netns

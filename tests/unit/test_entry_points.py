@@ -137,3 +137,4 @@ def test_a_sweep_interval_must_be_a_finite_time_above_zero(argv, seconds, capsys
         cli.main([*argv, seconds])
     err = capsys.readouterr().err
     assert e.value.code == 2 and ("above zero" in err or "not a number of seconds" in err), err
+    assert cli._seconds("0.5") == 0.5 and type(cli._seconds("2")) is float  # what a valid one parses to
