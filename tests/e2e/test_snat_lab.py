@@ -138,13 +138,21 @@ def test_expiry_removes_closed_and_idle_flows_and_keeps_open_ones(lab, capsys):
             loop.close()
 
 
+def one_udp_flow(lab, vm, port: int) -> snat.Flow:
+    """The translated flow of one datagram from pod 1 of ``vm``, from ``port``
+    to the internet host."""
+    with ns_socket(lab.plan.pod_ns(vm, 1), socket.SOCK_DGRAM) as udp:
+        udp.bind(("0.0.0.0", port))
+        udp.sendto(b"x", (INET, UDP_PORT))
+    with lab.node(vm).maps() as m:
+        [flow] = [f for f in snat.flows(m) if f.pod[1] == port]
+    return flow
+
+
 def test_orphan_direction_is_removed_by_the_sweep(lab):
     vm1 = lab.plan.vm(1)
-    with ns_socket(lab.plan.pod_ns(vm1, 1), socket.SOCK_DGRAM) as udp:
-        udp.bind(("0.0.0.0", 30004))
-        udp.sendto(b"x", (INET, UDP_PORT))
+    flow = one_udp_flow(lab, vm1, 30004)
     with lab.node(vm1).maps() as m:
-        [flow] = [f for f in snat.flows(m) if f.pod[1] == 30004]
         m.delete_snat(flow.out)  # as if one direction had been lost
         time.sleep(0.2)
         assert snat.sweep(m, snat.Timeouts(orphan=0.1)).orphans == 1
@@ -157,11 +165,8 @@ def test_the_agent_sweeps_while_no_call_arrives(lab):
     table filled until new flows were dropped. An orphan (5 s of grace) must
     go by the agent's own sweep (every 2 s in the lab) with no call made."""
     vm1 = lab.plan.vm(1)
-    with ns_socket(lab.plan.pod_ns(vm1, 1), socket.SOCK_DGRAM) as udp:
-        udp.bind(("0.0.0.0", 30005))
-        udp.sendto(b"x", (INET, UDP_PORT))
+    flow = one_udp_flow(lab, vm1, 30005)
     with lab.node(vm1).maps() as m:
-        [flow] = [f for f in snat.flows(m) if f.pod[1] == 30005]
         m.delete_snat(flow.inbound)
         assert probe.wait_until(lambda: not [f for f in snat.flows(m) if f.pod[1] == 30005],
                                 snat.Timeouts().orphan + 5)
