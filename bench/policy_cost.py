@@ -18,7 +18,6 @@ applying the set, and giving a new endpoint its set before its first packet
 from __future__ import annotations
 
 import argparse
-import os
 import ipaddress
 import tempfile
 import time
@@ -26,9 +25,8 @@ import time
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from bench.progcost import GW_MAC, MAC, NIC_IFINDEX, PRIMARY, RUNS_PER_FRAME, Case, _measure, datapath, pod_ip
+from bench.progcost import GW_MAC, MAC, RUNS_PER_FRAME, Case, pod_ip, bench_node
 from vnetdp.datapath import maps as M
-from vnetdp.datapath.ringbuf import RingBuffer
 from vnetdp.policy import enforce
 from vnetdp.policy.store import Selectors
 
@@ -104,26 +102,18 @@ def measure(rule_counts: list[int], repeat: int = 200_000) -> list[dict]:
     """Rows of (case, rules, ns per packet); rules 0: no rule set. Control
     plane rows are in ms."""
     rows = []
-    with datapath() as dp, M.Maps(dp.bpffs.maps_dir) as m, RingBuffer(f"{dp.bpffs.maps_dir}/events") as ring, \
+    with bench_node([*KEPT.values(), *DENIED.values()]) as node, \
             tempfile.TemporaryDirectory(prefix="vnd-policy-cost-") as state:
-        m.put_node(M.Node(NIC_IFINDEX, MAC, GW_MAC, PRIMARY))
-        m.put_cidr("10.3.0.0/16", M.Dest.VNET)
-        m.put_cidr(f"{PRIMARY}/32", M.Dest.HOST)
         for ip in (POD, OTHER):   # both behind the runs' device (ifindex 1): either may send
-            m.put_endpoint(ip, M.Endpoint(1, MAC, MAC))
-        fds = {case.prog: dp.prog_fd(case.prog) for case in (*KEPT.values(), *DENIED.values())}
-        try:
-            for name, case in KEPT.items():
-                rows.append({"case": name, "rules": 0, "ns_per_packet": _measure(fds, m, ring, case, repeat)})
-            for count in rule_counts:
-                for name, ms in _control_plane(state, m, group(count)).items():
-                    rows.append({"case": f"control plane: {name} (ms)", "rules": count, "ms": ms})
-                for name, case in {**KEPT, **DENIED}.items():
-                    rows.append({"case": name, "rules": count, "ns_per_packet": _measure(fds, m, ring, case, repeat)})
-                enforce.delete(state, m.dir, f"cost{count}")
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+            node.maps.put_endpoint(ip, M.Endpoint(1, MAC, MAC))
+        for name, case in KEPT.items():
+            rows.append({"case": name, "rules": 0, "ns_per_packet": node.measure(case, repeat)})
+        for count in rule_counts:
+            for name, ms in _control_plane(state, node.maps, group(count)).items():
+                rows.append({"case": f"control plane: {name} (ms)", "rules": count, "ms": ms})
+            for name, case in {**KEPT, **DENIED}.items():
+                rows.append({"case": name, "rules": count, "ns_per_packet": node.measure(case, repeat)})
+            enforce.delete(state, node.maps.dir, f"cost{count}")
     return rows
 
 

@@ -124,7 +124,7 @@ def _run(fd: int, case: Case, repeat: int, ring: RingBuffer) -> int:
     return round(total / done)
 
 
-def _measure(fds: dict[str, int], m: M.Maps, ring: RingBuffer, case: Case, repeat: int) -> int:
+def measure_case(fds: dict[str, int], m: M.Maps, ring: RingBuffer, case: Case, repeat: int) -> int:
     if case.runs_per_frame == 1:
         repeat = min(repeat, SINGLE_RUNS)
     m.clear_metrics()
@@ -145,26 +145,50 @@ def _measure(fds: dict[str, int], m: M.Maps, ring: RingBuffer, case: Case, repea
     return ns
 
 
-def measure(endpoint_counts: list[int], repeat: int = 200_000) -> list[dict]:
-    """ns per packet for every case at every endpoint count (the map always
-    holds the two pods the cases send from and to)."""
-    rows = []
+@dataclass(frozen=True)
+class BenchNode:
+    """A node for BPF_PROG_TEST_RUN: its maps (node and VNet configured), its
+    events ring buffer and a descriptor for each program the cases run."""
+    dp: Programs
+    maps: M.Maps
+    ring: RingBuffer
+    fds: dict[str, int]
+
+    def measure(self, case: Case, repeat: int) -> int:
+        return measure_case(self.fds, self.maps, self.ring, case, repeat)
+
+
+@contextlib.contextmanager
+def bench_node(cases: list[Case]) -> Iterator[BenchNode]:
+    """A private bpffs with the programs loaded, configured as the test node,
+    for the programs ``cases`` run; all of it removed afterwards."""
     with datapath() as dp, M.Maps(dp.bpffs.maps_dir) as m, RingBuffer(f"{dp.bpffs.maps_dir}/events") as ring:
         m.put_node(M.Node(NIC_IFINDEX, MAC, GW_MAC, PRIMARY))
         m.put_cidr("10.3.0.0/16", M.Dest.VNET)
         m.put_cidr(f"{PRIMARY}/32", M.Dest.HOST)
-        fds = {case.prog: dp.prog_fd(case.prog) for case in CASES.values()}
+        fds: dict[str, int] = {}
         try:
-            present = 0
-            for count in sorted(endpoint_counts):
-                for j in range(present, max(count, 2)):
-                    m.put_endpoint(pod_ip(j), M.Endpoint(1 if j == 0 else 100 + j, MAC, MAC))
-                present = max(present, count, 2)
-                for name, case in CASES.items():
-                    rows.append({"case": name, "endpoints": count, "ns_per_packet": _measure(fds, m, ring, case, repeat)})
+            for case in cases:
+                if case.prog not in fds:
+                    fds[case.prog] = dp.prog_fd(case.prog)
+            yield BenchNode(dp, m, ring, fds)
         finally:
             for fd in fds.values():
                 os.close(fd)
+
+
+def measure(endpoint_counts: list[int], repeat: int = 200_000) -> list[dict]:
+    """ns per packet for every case at every endpoint count (the map always
+    holds the two pods the cases send from and to)."""
+    rows = []
+    with bench_node(list(CASES.values())) as node:
+        present = 0
+        for count in sorted(endpoint_counts):
+            for j in range(present, max(count, 2)):
+                node.maps.put_endpoint(pod_ip(j), M.Endpoint(1 if j == 0 else 100 + j, MAC, MAC))
+            present = max(present, count, 2)
+            for name, case in CASES.items():
+                rows.append({"case": name, "endpoints": count, "ns_per_packet": node.measure(case, repeat)})
     return rows
 
 
