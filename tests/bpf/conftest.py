@@ -16,7 +16,7 @@ from vnetdp.datapath.bpffs import Bpffs
 from vnetdp.datapath.loader import PROGRAMS, Programs
 
 from pkt_harness import (GW_MAC, HOW, NIC_IFINDEX, NIC_MAC, POD_A, POD_B, PRIMARY, SKB_SIZE, SNAT_TABLE_SIZE, Run,
-                         skb_ctx, skb_fields)
+                         empty_pinned, skb_ctx, skb_fields)
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +51,7 @@ def maps(datapath: Programs) -> Iterator[M.Maps]:
         m.delete_host_flow(flow)
     for ip in m.bandwidths():
         m.delete_bandwidth(ip)
-    frags = M.PinnedMap(f"{m.dir}/snat_frags", "struct vnd_snat_frag_key", "struct vnd_snat_frag_val")
-    for key in list(frags.keys()):
-        frags.delete(key)
-    frags.close()
+    empty_pinned(f"{m.dir}/snat_frags", "struct vnd_snat_frag_key", "struct vnd_snat_frag_val")
     m.put_node(M.Node(0, "00:00:00:00:00:00", "00:00:00:00:00:00", "0.0.0.0", 0, 0, 0))
     m.close()
 

@@ -77,3 +77,14 @@ def checksums_ok(frame: Ether) -> bool:
             inner = bytes(ip[IPerror])
             ok &= checksum(inner[:ip[IPerror].ihl * 4]) == 0
     return ok
+
+
+def empty_pinned(path: str, key: str, value: str) -> None:
+    """Delete every entry of the map pinned at ``path`` (one the typed map
+    classes do not cover, such as a fragment table)."""
+    pinned = M.PinnedMap(path, key, value)
+    try:
+        for k in list(pinned.keys()):
+            pinned.delete(k)
+    finally:
+        pinned.close()

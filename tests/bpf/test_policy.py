@@ -12,7 +12,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import Ether
 
 from pkt_harness import (GW_MAC, NIC_IFINDEX, NIC_MAC, POD_A, POD_B, PRIMARY, TC_ACT_OK, TC_ACT_REDIRECT,
-                         TC_ACT_SHOT, XDP_DROP, XDP_REDIRECT, metric)
+                         TC_ACT_SHOT, XDP_DROP, XDP_REDIRECT, empty_pinned, metric)
 from vnetdp.datapath import maps as M
 from vnetdp.datapath import policy_flows, snat, syscall
 from vnetdp.datapath import policy_maps as PM
@@ -63,10 +63,7 @@ def policy(maps, tmp_path):
             pm.delete_flow(flow)
         pm.forget_drops(lambda d: True)
         pm.set_enabled(False)
-    frags = M.PinnedMap(f"{maps.dir}/policy_frags", "struct vnd_policy_frag_key", "__u64")
-    for key in list(frags.keys()):
-        frags.delete(key)
-    frags.close()
+    empty_pinned(f"{maps.dir}/policy_frags", "struct vnd_policy_frag_key", "__u64")
 
 
 def from_nic(src: str, l4, dst: str = POD_A["ip"], **ip):
