@@ -408,14 +408,18 @@ class MapSet:
         self.closed = False
 
     @classmethod
+    def declared(cls) -> list[Pinned]:
+        """The maps the set declares."""
+        return [v for v in vars(cls).values() if isinstance(v, Pinned)]
+
+    @classmethod
     def parse_layouts(cls) -> None:
         """Have cffi parse every declared map's key and value type now: it
         parses a type on its first use, ~0.5 ms each. The agent does this
         before it forks workers, so that no call pays for it."""
-        for declared in vars(cls).values():
-            if isinstance(declared, Pinned):
-                L.pointer_type(declared.key)
-                L.pointer_type(declared.value)
+        for declared in cls.declared():
+            L.pointer_type(declared.key)
+            L.pointer_type(declared.value)
 
     def is_pinned(self, declared: Pinned) -> bool:
         """Whether the map ``declared`` (``Cls.attr``) is pinned, without
@@ -431,8 +435,8 @@ class MapSet:
         report a missing or foreign map rather than fail on first use. On a
         failure the set is closed."""
         try:
-            for declared in vars(type(self)).values():
-                if isinstance(declared, Pinned) and not declared.optional:
+            for declared in self.declared():
+                if not declared.optional:
                     getattr(self, declared.attr)
         except BaseException:
             self.close()
