@@ -138,13 +138,12 @@ def _configure_node(state_dir: str, bpffs_dir: str | None) -> None:
     programs, and bcc must not stay in the process every worker forks from."""
     from vnetdp import rtnl
     from vnetdp.datapath import settings
-    from vnetdp.datapath.node import Node, NodeSettings
+    from vnetdp.datapath.node import node_for
 
     if not bpffs_dir or not os.path.exists(settings.NodeSettingsFile(state_dir).path):
         return
     try:
-        node = Node(NodeSettings(bpffs_dir=bpffs_dir, state_dir=state_dir,
-                                 **settings.NodeSettingsFile(state_dir).load()))
+        node = node_for(state_dir, bpffs_dir)
         with rtnl.Rtnl() as rt:
             node.ensure(rt)
     except Exception as e:  # noqa: BLE001 - anything: the agent serves calls regardless

@@ -20,6 +20,7 @@ from vnetdp.datapath import attach, configured
 from vnetdp.datapath import maps as M
 from vnetdp.datapath.bpffs import Bpffs
 from vnetdp.datapath.loader import LoadResult, Programs
+from vnetdp.datapath.settings import NodeSettingsFile
 from vnetdp.locks import flocked
 
 FABRIC_GATEWAY_MAC = "12:34:56:78:9a:bc"
@@ -194,3 +195,9 @@ class Node:
                               self.settings.attach_mode, ipr)
             finally:
                 os.close(fd)
+
+
+def node_for(state_dir: str, bpffs_dir: str, cflags: tuple[str, ...] = ()) -> Node:
+    """The node as its settings file (in ``state_dir``) describes it, building with ``cflags``."""
+    return Node(NodeSettings(bpffs_dir=bpffs_dir, state_dir=state_dir, cflags=tuple(cflags),
+                             **NodeSettingsFile(state_dir).load()))

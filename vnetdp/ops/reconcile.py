@@ -572,11 +572,10 @@ def reconcile(state_dir: str, bpffs_dir: str, fix: bool = False) -> Result:
     """Compare (and with ``fix``, repair and compare again) the node whose
     state and pins are at ``state_dir`` and ``bpffs_dir``, in the calling
     thread's network namespace."""
-    from vnetdp.datapath.node import Node, NodeSettings
-    from vnetdp.datapath.settings import NodeSettingsFile
+    from vnetdp.datapath.node import node_for
     from vnetdp.locks import WAIT_S, flocked
 
-    node = Node(NodeSettings(bpffs_dir=bpffs_dir, state_dir=state_dir, **NodeSettingsFile(state_dir).load()))
+    node = node_for(state_dir, bpffs_dir)
     with flocked(os.path.join(state_dir, defaults.GC_LOCK), exclusive=True, timeout=WAIT_S):
         found = differences(observe(node, state_dir))
         result = Result(found)

@@ -35,8 +35,7 @@ from vnetdp import endpoint
 from vnetdp.datapath import attach
 from vnetdp.datapath.bpffs import CURRENT, PREVIOUS
 from vnetdp.datapath.loader import Programs
-from vnetdp.datapath.node import Node, NodeSettings
-from vnetdp.datapath.settings import NodeSettingsFile
+from vnetdp.datapath.node import Node, node_for
 from vnetdp.defaults import GC_LOCK
 from vnetdp.locks import WAIT_S as LOCK_WAIT_S
 from vnetdp.locks import flocked
@@ -87,12 +86,6 @@ class Report:
         d["from"], d["to"] = d.pop("from_build"), d.pop("to_build")
         d["ok"] = self.ok
         return d
-
-
-def node_for(state_dir: str, bpffs_dir: str, cflags: tuple[str, ...] = ()) -> Node:
-    """The node with its settings, building with ``cflags``."""
-    return Node(NodeSettings(bpffs_dir=bpffs_dir, state_dir=state_dir, cflags=tuple(cflags),
-                             **NodeSettingsFile(state_dir).load()))
 
 
 def running_build(node: Node, ipr: IPRoute) -> str | None:
